@@ -1,0 +1,7 @@
+//! strata: container root filesystems.
+//!
+//! RAFS v6 images ([`rafs`]) stored as chunked, content-addressed blobs fetched through
+//! [`storage`]. See README.md for the architecture.
+
+pub mod rafs;
+pub mod storage;

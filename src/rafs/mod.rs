@@ -1,0 +1,8 @@
+//! RAFS v6: the image format (a valid EROFS image plus nydus's RAFS extensions).
+//!
+//! Owns the on-disk structs ([`layout`]), chunk coding ([`chunk`]), the in-memory tree that
+//! builders and merges produce ([`tree`]), the bootstrap writer ([`writer`]) and reader
+//! ([`reader`]). Knows nothing about FUSE, caches or HTTP.
+
+pub mod chunk;
+pub mod layout;

@@ -1,0 +1,1 @@
+//! Blob backends and the chunk cache (being written).
