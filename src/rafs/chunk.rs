@@ -50,7 +50,7 @@ pub enum ChunkError {
 }
 
 /// Where one chunk lives and what it holds. Same fields as the bootstrap chunk table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ChunkRef {
     /// Digest of the uncompressed bytes.
     pub digest: [u8; 32],

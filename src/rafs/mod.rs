@@ -4,5 +4,14 @@
 //! builders and merges produce ([`tree`]), the bootstrap writer ([`writer`]) and reader
 //! ([`reader`]). Knows nothing about FUSE, caches or HTTP.
 
+pub mod blob;
+pub mod build;
+pub mod check;
 pub mod chunk;
+pub mod export;
 pub mod layout;
+pub mod merge;
+pub mod reader;
+pub mod tree;
+pub mod unpack;
+pub mod writer;
