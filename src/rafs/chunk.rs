@@ -218,8 +218,15 @@ mod tests {
 
     #[test]
     fn incompressible_data_is_stored_raw() {
-        let data: Vec<u8> =
-            (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
         assert!(compress(Compressor::Zstd, &data).unwrap().is_none());
     }
 
