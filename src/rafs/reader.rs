@@ -488,6 +488,15 @@ impl Image {
 
     /// Entries of directory `dir`, including `.` and `..`, in on-disk (sorted) order.
     pub fn dir_entries(&self, dir: &Inode) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        for bi in 0..self.dir_blocks(dir)? {
+            out.extend(self.dir_block(dir, bi)?);
+        }
+        Ok(out)
+    }
+
+    /// Number of directory blocks of `dir`.
+    fn dir_blocks(&self, dir: &Inode) -> Result<u64> {
         if !dir.is_dir() {
             return Err(ReadError::Invalid(format!("nid {} is not a directory", dir.nid)));
         }
@@ -498,58 +507,78 @@ impl Image {
                 dir.nid, dir.disk.size
             )));
         }
-        let data = self.flat_data(dir, 0, dir.disk.size)?;
-        let mut out = Vec::new();
-        for (bi, block) in data.chunks(l::BLOCK_SIZE as usize).enumerate() {
-            if block.len() < l::DIRENT_SIZE {
-                return Err(ReadError::Invalid(format!("directory nid {}: short block", dir.nid)));
+        Ok(dir.disk.size.div_ceil(l::BLOCK_SIZE))
+    }
+
+    /// The entries of directory block `bi`.
+    fn dir_block(&self, dir: &Inode, bi: u64) -> Result<Vec<DirEntry>> {
+        let block = self.flat_data(dir, bi * l::BLOCK_SIZE, l::BLOCK_SIZE)?;
+        let bad = |why: String| {
+            ReadError::Invalid(format!("directory nid {} block {bi}: {why}", dir.nid))
+        };
+        if block.len() < l::DIRENT_SIZE {
+            return Err(bad("short block".into()));
+        }
+        let first = l::Dirent::decode(&block)?;
+        let n = usize::from(first.nameoff) / l::DIRENT_SIZE;
+        if n == 0
+            || usize::from(first.nameoff) % l::DIRENT_SIZE != 0
+            || usize::from(first.nameoff) > block.len()
+        {
+            return Err(bad(format!("bad first name offset {}", first.nameoff)));
+        }
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let d = l::Dirent::decode(&block[i * l::DIRENT_SIZE..])?;
+            let start = usize::from(d.nameoff);
+            let limit = if i + 1 < n {
+                usize::from(l::Dirent::decode(&block[(i + 1) * l::DIRENT_SIZE..])?.nameoff)
+            } else {
+                block.len()
+            };
+            if start < n * l::DIRENT_SIZE || start >= limit || limit > block.len() {
+                return Err(bad("name offsets out of order".into()));
             }
-            let first = l::Dirent::decode(block)?;
-            let n = usize::from(first.nameoff) / l::DIRENT_SIZE;
-            if n == 0
-                || usize::from(first.nameoff) % l::DIRENT_SIZE != 0
-                || usize::from(first.nameoff) > block.len()
-            {
-                return Err(ReadError::Invalid(format!(
-                    "directory nid {} block {bi}: bad first name offset {}",
-                    dir.nid, first.nameoff
-                )));
+            let raw = &block[start..limit];
+            let name_len = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+            if name_len == 0 {
+                return Err(bad("empty name".into()));
             }
-            for i in 0..n {
-                let d = l::Dirent::decode(&block[i * l::DIRENT_SIZE..])?;
-                let start = usize::from(d.nameoff);
-                let limit = if i + 1 < n {
-                    usize::from(l::Dirent::decode(&block[(i + 1) * l::DIRENT_SIZE..])?.nameoff)
-                } else {
-                    block.len()
-                };
-                if start < n * l::DIRENT_SIZE || start >= limit || limit > block.len() {
-                    return Err(ReadError::Invalid(format!(
-                        "directory nid {} block {bi}: name offsets out of order",
-                        dir.nid
-                    )));
-                }
-                let raw = &block[start..limit];
-                let name_len = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-                if name_len == 0 {
-                    return Err(ReadError::Invalid(format!(
-                        "directory nid {} block {bi}: empty name",
-                        dir.nid
-                    )));
-                }
-                out.push(DirEntry {
-                    name: raw[..name_len].to_vec(),
-                    nid: d.nid,
-                    file_type: d.file_type,
-                });
-            }
+            out.push(DirEntry {
+                name: raw[..name_len].to_vec(),
+                nid: d.nid,
+                file_type: d.file_type,
+            });
         }
         Ok(out)
     }
 
-    /// Entry `name` of directory `dir`.
+    /// Entry `name` of directory `dir`: binary search over blocks (by their first name), then
+    /// within the block, as EROFS sorts names bytewise.
     pub fn lookup(&self, dir: &Inode, name: &[u8]) -> Result<Option<DirEntry>> {
-        Ok(self.dir_entries(dir)?.into_iter().find(|e| e.name == name))
+        let blocks = self.dir_blocks(dir)?;
+        let (mut lo, mut hi) = (0u64, blocks);
+        let mut found: Option<Vec<DirEntry>> = None;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let entries = self.dir_block(dir, mid)?;
+            let first = entries.first().map(|e| e.name.as_slice()).unwrap_or_default();
+            let last = entries.last().map(|e| e.name.as_slice()).unwrap_or_default();
+            if name < first {
+                hi = mid;
+            } else if name > last {
+                lo = mid + 1;
+            } else {
+                found = Some(entries);
+                break;
+            }
+        }
+        Ok(found.and_then(|entries| {
+            entries
+                .binary_search_by(|e| e.name.as_slice().cmp(name))
+                .ok()
+                .map(|i| entries[i].clone())
+        }))
     }
 
     /// Resolve an absolute or root-relative path (no symlink following).
@@ -769,5 +798,48 @@ fn slice<'a>(data: &'a [u8], offset: u64, len: u64, what: &'static str) -> Resul
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(&data[offset as usize..end as usize]),
         _ => Err(ReadError::OutOfBounds { what, offset, len, size }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rafs::tree::{ImageConfig, Node, NodeKind, Tree};
+    use crate::rafs::writer::write_bootstrap;
+
+    fn image_with(names: &[Vec<u8>]) -> Image {
+        let mut t = Tree::new(ImageConfig::default());
+        for n in names {
+            let mut p = b"d/".to_vec();
+            p.extend_from_slice(n);
+            t.insert(&p, Node::with_kind(libc::S_IFREG | 0o644, NodeKind::File(vec![]))).unwrap();
+        }
+        Image::from_bytes(write_bootstrap(&t).unwrap().0).unwrap()
+    }
+
+    #[test]
+    fn lookup_finds_every_name_across_blocks_and_nothing_else() {
+        let names: Vec<Vec<u8>> = (0..5000)
+            .map(|i| format!("f{:05}-{}", i * 7 % 5000, "x".repeat(i % 40)).into_bytes())
+            .collect();
+        let img = image_with(&names);
+        let d = img.resolve(b"/d").unwrap().unwrap();
+        assert!(d.disk.size > 40 * l::BLOCK_SIZE, "spans many blocks");
+        assert_eq!(img.dir_entries(&d).unwrap().len(), names.len() + 2);
+        for n in &names {
+            assert!(img.lookup(&d, n).unwrap().is_some(), "{}", String::from_utf8_lossy(n));
+        }
+        for miss in [&b"a"[..], b"f", b"f00000-y", b"zzz", b"f02500", b"\xff"] {
+            assert!(img.lookup(&d, miss).unwrap().is_none(), "{}", String::from_utf8_lossy(miss));
+        }
+        assert_eq!(img.lookup(&d, b"..").unwrap().unwrap().nid, u64::from(img.sb.root_nid));
+    }
+
+    #[test]
+    fn empty_image_has_a_root_and_rejects_garbage() {
+        let img = image_with(&[]);
+        assert!(img.root().unwrap().is_dir());
+        assert!(Image::from_bytes(vec![0; 100]).is_err());
+        assert!(Image::from_bytes(vec![0; 8192]).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! Turn an image back into files: a directory (with owners, modes, times, xattrs, device
-//! nodes, fifos, sockets, hardlinks) or a tar stream (PAX, with xattrs and nanosecond mtimes).
+//! nodes, fifos, sockets, hardlinks) or a tar stream (PAX, with xattrs and nanosecond mtimes;
+//! tar has no socket type, so sockets are skipped with a warning, as GNU tar does).
 //! Every file type the builder accepts is written back.
 
 use std::collections::HashMap;
@@ -190,6 +191,12 @@ pub fn unpack_to_tar(
             first_path.insert(inode.nid, name.clone());
         }
         let p = OsStr::from_bytes(&name);
+        if inode.file_type() == libc::S_IFSOCK {
+            // tar has no socket type. GNU tar skips sockets with a warning; so do we, rather
+            // than change the file type silently. (Directory unpack recreates them.)
+            eprintln!("warning: {}: socket not stored in tar", String::from_utf8_lossy(path));
+            return Ok(true);
+        }
         match inode.file_type() {
             libc::S_IFDIR => {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -220,7 +227,6 @@ pub fn unpack_to_tar(
                 h.set_entry_type(match t {
                     libc::S_IFCHR => tar::EntryType::Char,
                     libc::S_IFBLK => tar::EntryType::Block,
-                    // tar has no socket type; a fifo is the closest (GNU tar skips sockets).
                     _ => tar::EntryType::Fifo,
                 });
                 let rdev = inode.rdev();

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test tier. Installs the Debian packages the tiers need first.
+#   tier 0: formatting and lints
+#   tier 1: unit tests (src/**)
+#   tier 2: subprocess tests of the binaries (tests/*.rs)
+#   tier 3: privileged tests (kernel erofs mounts, loop devices): run as root, otherwise
+#           each prints "SKIPPED <test>: needs root (...)".
+# Benchmarks are compiled (not run): see bench/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+export STRATA_CI="${STRATA_CI:-1}"   # a missing oracle tool fails instead of skipping
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+# --show-output prints what passing tests wrote, so every "SKIPPED ..." line is visible.
+cargo test --locked --all-targets --no-fail-fast -- --show-output
