@@ -197,10 +197,6 @@ impl Image {
                 sb.blkszbits
             )));
         }
-        if sb.xattr_blkaddr != 0 {
-            // mkfs.erofs images may use shared xattrs; we read inline ones only.
-            return Err(ReadError::Unsupported("shared xattrs (s_xattr_blkaddr != 0)".into()));
-        }
         let known_incompat = l::FEATURE_INCOMPAT_CHUNKED_FILE
             | l::FEATURE_INCOMPAT_DEVICE_TABLE
             | l::FEATURE_INCOMPAT_ZERO_PADDING;
@@ -403,38 +399,57 @@ impl Image {
         Ok(inode)
     }
 
-    /// Extended attributes of `inode`, in on-disk order.
+    /// Extended attributes of `inode`: shared ones (plain EROFS images) first, then inline.
     pub fn xattrs(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let size = inode.disk.xattr_size() as u64;
         if size == 0 {
             return Ok(Vec::new());
         }
         let area = slice(&self.data, inode.offset + inode.disk.disk_size() as u64, size, "xattrs")?;
-        if area[4] != 0 {
-            return Err(ReadError::Unsupported(format!(
-                "nid {}: shared xattrs ({} references)",
-                inode.nid, area[4]
+        let shared = usize::from(area[4]);
+        let mut p = l::XATTR_IBODY_HEADER_SIZE + 4 * shared;
+        if p > area.len() {
+            return Err(ReadError::Invalid(format!(
+                "nid {}: {shared} shared xattr ids overrun the xattr area",
+                inode.nid
             )));
         }
         let mut out = Vec::new();
-        let mut p = l::XATTR_IBODY_HEADER_SIZE;
+        for i in 0..shared {
+            let id = u64::from(le::u32(area, l::XATTR_IBODY_HEADER_SIZE + 4 * i));
+            // Block 0 is a valid start: mkfs.erofs packs them right after the superblock.
+            let at = u64::from(self.sb.xattr_blkaddr) * l::BLOCK_SIZE + id * 4;
+            let head = slice(&self.data, at, 4, "shared xattr")?;
+            let len = 4 + u64::from(head[0]) + u64::from(le::u16(head, 2));
+            let entry = slice(&self.data, at, len, "shared xattr")?;
+            out.push(self.decode_xattr(inode, entry)?.0);
+        }
         while p + 4 <= area.len() {
-            let name_len = usize::from(area[p]);
-            let idx = area[p + 1];
-            let value_len = usize::from(le::u16(area, p + 2));
-            let end = p + 4 + name_len + value_len;
-            if end > area.len() {
-                return Err(ReadError::Invalid(format!("nid {}: xattr entry overruns", inode.nid)));
-            }
-            let prefix = l::xattr_prefix(idx).ok_or_else(|| {
-                ReadError::Unsupported(format!("nid {}: xattr name index {idx}", inode.nid))
-            })?;
-            let mut name = prefix.as_bytes().to_vec();
-            name.extend_from_slice(&area[p + 4..p + 4 + name_len]);
-            out.push((name, area[p + 4 + name_len..end].to_vec()));
-            p += l::xattr_entry_size(name_len, value_len);
+            let (kv, used) = self.decode_xattr(inode, &area[p..])?;
+            out.push(kv);
+            p += used;
         }
         Ok(out)
+    }
+
+    /// Decode one xattr entry at the start of `b`; returns it and its padded size.
+    fn decode_xattr(&self, inode: &Inode, b: &[u8]) -> Result<((Vec<u8>, Vec<u8>), usize)> {
+        let name_len = usize::from(b[0]);
+        let idx = b[1];
+        let value_len = usize::from(le::u16(b, 2));
+        let end = 4 + name_len + value_len;
+        if end > b.len() {
+            return Err(ReadError::Invalid(format!("nid {}: xattr entry overruns", inode.nid)));
+        }
+        let prefix = l::xattr_prefix(idx).ok_or_else(|| {
+            ReadError::Unsupported(format!("nid {}: xattr name index {idx}", inode.nid))
+        })?;
+        let mut name = prefix.as_bytes().to_vec();
+        name.extend_from_slice(&b[4..4 + name_len]);
+        if name.is_empty() {
+            return Err(ReadError::Invalid(format!("nid {}: empty xattr name", inode.nid)));
+        }
+        Ok(((name, b[4 + name_len..end].to_vec()), l::xattr_entry_size(name_len, value_len)))
     }
 
     /// Bytes `[offset, offset+len)` of the data of a flat (non chunk-based) inode, which lives in
