@@ -150,6 +150,9 @@ pub struct CreateArgs {
     /// Accepted for nydus-image compatibility: our builds are always repeatable.
     #[arg(long)]
     pub repeatable: bool,
+    /// Also write the JSON result to this file (nydus-image's `--output-json`).
+    #[arg(long, short = 'J')]
+    pub output_json: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -176,6 +179,9 @@ pub struct MergeArgs {
     /// Prefetch policy; `fs` reads the list of paths from stdin.
     #[arg(long, value_enum, default_value = "none")]
     pub prefetch_policy: PrefetchPolicy,
+    /// Also write the JSON result to this file (nydus-image's `--output-json`).
+    #[arg(long, short = 'J')]
+    pub output_json: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -212,6 +218,9 @@ pub struct CheckArgs {
     /// List every problem.
     #[arg(short = 'v', long)]
     pub verbose: bool,
+    /// Also write the JSON result to this file (nydus-image's `--output-json`).
+    #[arg(long, short = 'J')]
+    pub output_json: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -322,6 +331,14 @@ pub fn write_tree(tree: &Tree, path: &Path, verify: bool) -> Result<writer::Writ
     Ok(report)
 }
 
+fn write_json_file(path: Option<&Path>, v: &serde_json::Value) -> Result<()> {
+    if let Some(p) = path {
+        write_atomic(p, serde_json::to_string_pretty(v)?.as_bytes())
+            .with_context(|| format!("--output-json {}", p.display()))?;
+    }
+    Ok(())
+}
+
 fn load(path: &Path) -> Result<Image> {
     Image::open(path).with_context(|| format!("bootstrap {}", path.display()))
 }
@@ -399,6 +416,7 @@ fn create(a: CreateArgs) -> Result<()> {
         "chunks": report.chunks, "blob": blob, "blobs": out.tree.blobs.iter().map(|b| &b.blob_id).collect::<Vec<_>>(),
         "stats": out.stats, "seconds": secs,
     });
+    write_json_file(a.output_json.as_deref(), &v)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -457,6 +475,7 @@ fn merge(a: MergeArgs) -> Result<()> {
     let report = write_tree(&tree, &a.bootstrap, true)?;
     let v = serde_json::json!({"bootstrap": a.bootstrap, "inodes": report.inodes, "chunks": report.chunks,
         "blobs": tree.blobs.iter().map(|b| &b.blob_id).collect::<Vec<_>>()});
+    write_json_file(a.output_json.as_deref(), &v)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -590,6 +609,7 @@ fn check_cmd(a: CheckArgs) -> Result<()> {
     let img = load(&a.bootstrap)?;
     let src = direct_reader(&img, a.blob_dir.as_deref(), a.blob.as_deref())?;
     let r = check::check(&img, src.as_ref().map(|s| s as &dyn crate::rafs::chunk::ChunkReader))?;
+    write_json_file(a.output_json.as_deref(), &serde_json::to_value(&r)?)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
