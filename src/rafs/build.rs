@@ -502,6 +502,8 @@ pub fn build_tar(
     let reader = open_layer(input)?;
     let mut archive = tar::Archive::new(reader);
     let mut tree = Tree::new(opts.config.clone());
+    // Until a `./` entry describes it, the layer's root is only implied.
+    tree.implicit.insert(tree.root);
     let mut pipe = start_pipeline(parent.as_ref(), opts, None)?;
     let cs = opts.config.chunk_size as usize;
     let terr = |e: std::io::Error| BuildError::Tar(e.to_string());

@@ -47,10 +47,17 @@ pub fn check(img: &Image, data: Option<&dyn ChunkReader>) -> Result<CheckReport,
             }
             libc::S_IFREG => {
                 r.files += 1;
-                r.file_bytes += inode.disk.size;
-                for c in img.chunks(inode)?.into_iter().flatten() {
-                    chunks.insert((c.blob_index, c.index), c);
+                if img.kind == crate::rafs::reader::ImageKind::RafsV6
+                    || inode.disk.layout == crate::rafs::layout::data_layout::CHUNK_BASED
+                {
+                    for c in img.chunks(inode)?.into_iter().flatten() {
+                        chunks.insert((c.blob_index, c.index), c);
+                    }
+                } else {
+                    // Data stored in the image itself (plain EROFS): must lie inside it.
+                    img.check_flat_layout(inode)?;
                 }
+                r.file_bytes = r.file_bytes.saturating_add(inode.disk.size);
             }
             _ => {}
         }

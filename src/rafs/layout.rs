@@ -75,6 +75,12 @@ pub const BLOB_META_HEADER_SIZE: usize = 4096;
 pub const TOC_ENTRY_SIZE: usize = 128;
 /// Null block address: a hole chunk (reads as zeros).
 pub const NULL_ADDR: u32 = u32::MAX;
+/// strata extension: byte offset, in an extended inode's reserved area, of strata's inode
+/// flags. The kernel and nydusd ignore the reserved bytes; other builders write zeros.
+pub const INODE_EXT_STRATA_FLAGS_OFFSET: usize = 48;
+/// strata inode flag: a directory no layer entry described (an implied parent). Merging such
+/// a layer keeps the lower directory's attributes, as containerd does.
+pub const STRATA_INODE_IMPLIED_DIR: u8 = 0x1;
 
 /// `s_feature_compat` bit marking a RAFS v6 bootstrap.
 pub const FEATURE_COMPAT_RAFS_V6: u32 = 0x4000_0000;
@@ -739,6 +745,8 @@ pub struct DiskInode {
     pub mtime: u64,
     /// Nanoseconds of mtime.
     pub mtime_nsec: u32,
+    /// strata flags (extended inodes only; see `STRATA_INODE_IMPLIED_DIR`).
+    pub strata_flags: u8,
 }
 
 impl DiskInode {
@@ -770,6 +778,7 @@ impl DiskInode {
             le::put64(&mut b, 32, self.mtime);
             le::put32(&mut b, 40, self.mtime_nsec);
             le::put32(&mut b, 44, self.nlink);
+            b[INODE_EXT_STRATA_FLAGS_OFFSET] = self.strata_flags;
             b
         } else {
             let mut b = vec![0u8; INODE_COMPACT_SIZE];
@@ -809,6 +818,7 @@ impl DiskInode {
                 mtime: le::u64(b, 32),
                 mtime_nsec: le::u32(b, 40),
                 nlink: le::u32(b, 44),
+                strata_flags: b[INODE_EXT_STRATA_FLAGS_OFFSET],
             })
         } else {
             Ok(Self {
@@ -824,6 +834,7 @@ impl DiskInode {
                 gid: u32::from(le::u16(b, 26)),
                 mtime: build_time.0,
                 mtime_nsec: build_time.1,
+                strata_flags: 0,
             })
         }
     }
@@ -1182,6 +1193,7 @@ mod tests {
             gid: 7,
             mtime: 1_700_000_000,
             mtime_nsec: 123,
+            strata_flags: STRATA_INODE_IMPLIED_DIR,
         };
         assert_eq!(DiskInode::decode(&ino.encode(), (0, 0)).unwrap(), ino);
         ino.extended = false;

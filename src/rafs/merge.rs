@@ -122,6 +122,9 @@ pub fn load_tree(img: &Image) -> Result<Tree, MergeError> {
         };
         if inode.is_dir() {
             dir_of_path.insert(path.to_vec(), id);
+            if inode.disk.strata_flags & crate::rafs::layout::STRATA_INODE_IMPLIED_DIR != 0 {
+                tree.implicit.insert(id);
+            }
         }
         if let Some(p) = parent {
             let pid = dir_of_path[p];
@@ -207,7 +210,10 @@ pub fn apply_layer(base: &mut Tree, upper: &Tree, spec: WhiteoutSpec) -> Result<
     }
     let mut copied: HashMap<InodeId, InodeId> = HashMap::new();
     let (broot, uroot) = (base.root, upper.root);
-    copy_attrs(&mut base.nodes[broot], &upper.nodes[uroot], spec);
+    if !upper.implicit.contains(&uroot) {
+        copy_attrs(&mut base.nodes[broot], &upper.nodes[uroot], spec);
+        base.implicit.remove(&broot);
+    }
     apply_dir(base, broot, upper, uroot, spec, &remap, &mut copied)?;
     for &p in &upper.prefetch {
         if let Some(&id) = copied.get(&p) {
@@ -271,15 +277,25 @@ fn apply_dir(
         }
         let existing = base.nodes[bdir].children().and_then(|c| c.get(&name)).copied();
         if unode.is_dir() {
-            let target = match existing {
-                Some(e) if base.nodes[e].is_dir() => e,
+            let (target, fresh) = match existing {
+                Some(e) if base.nodes[e].is_dir() => (e, false),
                 _ => {
                     let id = base.add(Node::dir(0o755));
                     base.nodes[bdir].children_mut().expect("dir").insert(name.clone(), id);
-                    id
+                    (id, true)
                 }
             };
-            copy_attrs(&mut base.nodes[target], unode, spec);
+            // A directory the layer only implied keeps the lower one's attributes; a new one
+            // stays implied for layers merged later.
+            if upper.implicit.contains(&uid) {
+                if fresh {
+                    copy_attrs(&mut base.nodes[target], unode, spec);
+                    base.implicit.insert(target);
+                }
+            } else {
+                copy_attrs(&mut base.nodes[target], unode, spec);
+                base.implicit.remove(&target);
+            }
             copied.insert(uid, target);
             apply_dir(base, target, upper, uid, spec, remap, copied)?;
         } else {

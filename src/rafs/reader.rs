@@ -58,6 +58,9 @@ pub enum ReadError {
 
 type Result<T> = std::result::Result<T, ReadError>;
 
+/// An extended attribute: (full name, value).
+pub type Xattr = (Vec<u8>, Vec<u8>);
+
 /// RAFS v5 superblock magic ("RAFS"), recognised to reject v5 clearly.
 const RAFS_V5_MAGIC: u32 = 0x5241_4653;
 /// Largest chunk table we accept (entries), far above any real image.
@@ -400,7 +403,7 @@ impl Image {
     }
 
     /// Extended attributes of `inode`: shared ones (plain EROFS images) first, then inline.
-    pub fn xattrs(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn xattrs(&self, inode: &Inode) -> Result<Vec<Xattr>> {
         let size = inode.disk.xattr_size() as u64;
         if size == 0 {
             return Ok(Vec::new());
@@ -433,7 +436,7 @@ impl Image {
     }
 
     /// Decode one xattr entry at the start of `b`; returns it and its padded size.
-    fn decode_xattr(&self, inode: &Inode, b: &[u8]) -> Result<((Vec<u8>, Vec<u8>), usize)> {
+    fn decode_xattr(&self, inode: &Inode, b: &[u8]) -> Result<(Xattr, usize)> {
         let name_len = usize::from(b[0]);
         let idx = b[1];
         let value_len = usize::from(le::u16(b, 2));
@@ -455,10 +458,42 @@ impl Image {
     /// Bytes `[offset, offset+len)` of the data of a flat (non chunk-based) inode, which lives in
     /// the image itself: whole blocks from `i_u`, the tail inline for FLAT_INLINE.
     fn flat_data(&self, inode: &Inode, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let tail_start = self.check_flat_layout(inode)?;
         let size = inode.disk.size;
         let end = offset.saturating_add(len).min(size);
         if offset >= end {
             return Ok(Vec::new());
+        }
+        let bs = l::BLOCK_SIZE;
+        // Bounded by the image size (checked above), so the allocation is too.
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            if pos >= tail_start {
+                let src = inode.offset + inode.head_len() + (pos - tail_start);
+                out.extend_from_slice(slice(&self.data, src, end - pos, "inline data")?);
+                break;
+            }
+            let blk = u64::from(inode.disk.u) + pos / bs;
+            let in_blk = pos % bs;
+            let n = (bs - in_blk).min(end - pos).min(tail_start - pos);
+            out.extend_from_slice(slice(&self.data, blk * bs + in_blk, n, "data block")?);
+            pos += n;
+        }
+        Ok(out)
+    }
+
+    /// Check that a flat inode's data lies inside the image; returns where its inline tail
+    /// starts (the size rounded up to blocks when there is no inline tail).
+    pub fn check_flat_layout(&self, inode: &Inode) -> Result<u64> {
+        let size = inode.disk.size;
+        // Flat data lives in the image, so it cannot be larger than the image.
+        if size > self.size() {
+            return Err(ReadError::Invalid(format!(
+                "nid {}: {size} bytes of flat data in a {}-byte image",
+                inode.nid,
+                self.size()
+            )));
         }
         let bs = l::BLOCK_SIZE;
         let inline = match inode.disk.layout {
@@ -484,21 +519,21 @@ impl Image {
                 inode.nid
             )));
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        let mut pos = offset;
-        while pos < end {
-            if pos >= tail_start {
-                let src = inode.offset + inode.head_len() + (pos - tail_start);
-                out.extend_from_slice(slice(&self.data, src, end - pos, "inline data")?);
-                break;
+        if tail_start > 0 {
+            let end = (u64::from(inode.disk.u) + tail_start / bs) * bs;
+            if end > self.size() {
+                return Err(ReadError::OutOfBounds {
+                    what: "data blocks",
+                    offset: u64::from(inode.disk.u) * bs,
+                    len: tail_start,
+                    size: self.size(),
+                });
             }
-            let blk = u64::from(inode.disk.u) + pos / bs;
-            let in_blk = pos % bs;
-            let n = (bs - in_blk).min(end - pos).min(tail_start - pos);
-            out.extend_from_slice(slice(&self.data, blk * bs + in_blk, n, "data block")?);
-            pos += n;
         }
-        Ok(out)
+        if inline {
+            slice(&self.data, inode.offset + inode.head_len(), size - tail_start, "inline data")?;
+        }
+        Ok(tail_start)
     }
 
     /// Entries of directory `dir`, including `.` and `..`, in on-disk (sorted) order.

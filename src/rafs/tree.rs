@@ -5,7 +5,7 @@
 //! to inode ids, so a hardlink is simply a second name for the same id. Removing a name (a
 //! whiteout) leaves the inode unreachable, and the writer writes only reachable inodes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::chunk::ChunkRef;
 use super::layout::{BlobEntry, Compressor, Digester};
@@ -126,6 +126,10 @@ pub struct Tree {
     pub config: ImageConfig,
     /// Inodes to prefetch, in hint order.
     pub prefetch: Vec<InodeId>,
+    /// Directories that no source entry described (made up as parents of other entries, or a
+    /// tar layer's root without a `./` entry). Applied as a layer they merge into the lower
+    /// directory without replacing its attributes, as containerd leaves it. Not persisted.
+    pub implicit: HashSet<InodeId>,
 }
 
 /// Errors of tree edits.
@@ -183,6 +187,7 @@ impl Tree {
             blobs: Vec::new(),
             config,
             prefetch: Vec::new(),
+            implicit: HashSet::new(),
         }
     }
 
@@ -225,6 +230,7 @@ impl Tree {
                     let mut d = Node::dir(0o755);
                     d.mtime = self.nodes[cur].mtime;
                     let id = self.add(d);
+                    self.implicit.insert(id);
                     self.nodes[cur].children_mut().expect("checked dir").insert(c.to_vec(), id);
                     id
                 }
@@ -253,6 +259,7 @@ impl Tree {
                 }
             }
             self.nodes[self.root] = node;
+            self.implicit.remove(&self.root);
             return Ok(self.root);
         };
         let existing = self.nodes[parent].children().and_then(|c| c.get(name)).copied();
@@ -262,6 +269,7 @@ impl Tree {
                 let mut node = node;
                 node.kind = kids;
                 self.nodes[old] = node;
+                self.implicit.remove(&old);
                 return Ok(old);
             }
         }

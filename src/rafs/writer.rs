@@ -288,7 +288,9 @@ pub fn write_bootstrap(tree: &Tree) -> Result<(Vec<u8>, WriteReport), WriteError
             }
             NodeKind::Special => (0, 0),
         };
-        let compact = node.mtime == 0
+        let implied = node.is_dir() && tree.implicit.contains(&id);
+        let compact = !implied
+            && node.mtime == 0
             && node.mtime_nsec == 0
             && node.uid <= 0xffff
             && node.gid <= 0xffff
@@ -307,6 +309,7 @@ pub fn write_bootstrap(tree: &Tree) -> Result<(Vec<u8>, WriteReport), WriteError
             gid: node.gid,
             mtime: node.mtime,
             mtime_nsec: node.mtime_nsec,
+            strata_flags: if implied { l::STRATA_INODE_IMPLIED_DIR } else { 0 },
         };
         let head = (disk.disk_size() + xattrs.len()) as u64;
         pos = align_up(pos, l::INODE_SLOT_SIZE);
