@@ -368,7 +368,9 @@ pub fn build_dir(
             let name = e.file_name().as_bytes().to_vec();
             let m = std::fs::symlink_metadata(&path).map_err(source_err(&path))?;
             let ft = m.mode() & libc::S_IFMT;
-            if ft == libc::S_IFREG && m.nlink() > 1 {
+            // Every non-directory with several names is one inode (as mkfs.erofs and
+            // nydus-image keep them), whatever its type.
+            if ft != libc::S_IFDIR && m.nlink() > 1 {
                 if let Some(&existing) = links.get(&(m.dev(), m.ino())) {
                     tree.nodes[id].children_mut().expect("dir").insert(name, existing);
                     continue;
@@ -391,16 +393,14 @@ pub fn build_dir(
             node.xattrs = read_xattrs(&path)?;
             let child = tree.add(node);
             tree.nodes[id].children_mut().expect("dir").insert(name, child);
+            if ft != libc::S_IFDIR && m.nlink() > 1 {
+                links.insert((m.dev(), m.ino()), child);
+            }
             match ft {
                 libc::S_IFDIR => stack.push((path, child)),
-                libc::S_IFREG => {
-                    if m.nlink() > 1 {
-                        links.insert((m.dev(), m.ino()), child);
-                    }
-                    if m.len() > 0 {
-                        total += m.len();
-                        data_paths.insert(child, path);
-                    }
+                libc::S_IFREG if m.len() > 0 => {
+                    total += m.len();
+                    data_paths.insert(child, path);
                 }
                 _ => {}
             }
@@ -478,6 +478,46 @@ pub fn open_layer(mut r: impl Read + 'static) -> Result<Box<dyn Read>, BuildErro
     })
 }
 
+/// A PAX extended header record: (key, value).
+type PaxRecord = (Vec<u8>, Vec<u8>);
+
+/// Largest PAX or GNU long-name header we read (real ones are a few KiB; xattrs up to 64 KiB).
+const MAX_META_ENTRY: u64 = 1 << 20;
+
+fn read_meta_entry(entry: &mut tar::Entry<'_, impl Read>) -> Result<Vec<u8>, BuildError> {
+    if entry.size() > MAX_META_ENTRY {
+        return Err(BuildError::Tar(format!("extended header of {} bytes", entry.size())));
+    }
+    let mut data = Vec::with_capacity(entry.size() as usize);
+    entry.read_to_end(&mut data).map_err(|e| BuildError::Tar(e.to_string()))?;
+    Ok(data)
+}
+
+/// Parse PAX records `"<len> <key>=<value>\n"`, where `<len>` counts the whole record, so
+/// values may hold any byte including newlines.
+fn parse_pax(mut data: &[u8]) -> Result<Vec<PaxRecord>, BuildError> {
+    let bad = |why: &str| BuildError::Tar(format!("malformed PAX record: {why}"));
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.iter().all(|&b| b == 0) {
+            break;
+        }
+        let sp = data.iter().position(|&b| b == b' ').ok_or_else(|| bad("no length"))?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("length is not a number"))?;
+        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err(bad("length does not match the record"));
+        }
+        let kv = &data[sp + 1..len - 1];
+        let eq = kv.iter().position(|&b| b == b'=').ok_or_else(|| bad("no '='"))?;
+        out.push((kv[..eq].to_vec(), kv[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(out)
+}
+
 fn parse_pax_time(v: &[u8]) -> Option<(u64, u32)> {
     let s = std::str::from_utf8(v).ok()?;
     let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
@@ -507,35 +547,87 @@ pub fn build_tar(
     let mut pipe = start_pipeline(parent.as_ref(), opts, None)?;
     let cs = opts.config.chunk_size as usize;
     let terr = |e: std::io::Error| BuildError::Tar(e.to_string());
-    for entry in archive.entries().map_err(terr)? {
+    // Raw entries: PAX and GNU long-name headers are parsed here, by their length prefixes
+    // (the tar crate's own PAX parser splits records at newlines, which binary xattr values
+    // such as security.capability may contain).
+    let mut global: Vec<PaxRecord> = Vec::new();
+    let mut local: Vec<PaxRecord> = Vec::new();
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut long_link: Option<Vec<u8>> = None;
+    for entry in archive.entries().map_err(terr)?.raw(true) {
         let mut entry = entry.map_err(terr)?;
-        let path = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&path).into_owned();
+        let etype = entry.header().entry_type();
+        match etype {
+            tar::EntryType::XHeader | tar::EntryType::XGlobalHeader => {
+                let data = read_meta_entry(&mut entry)?;
+                let records = parse_pax(&data)?;
+                if etype == tar::EntryType::XGlobalHeader {
+                    global.extend(records);
+                } else {
+                    local.extend(records);
+                }
+                continue;
+            }
+            tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {
+                let mut data = read_meta_entry(&mut entry)?;
+                while data.last() == Some(&0) {
+                    data.pop();
+                }
+                if etype == tar::EntryType::GNULongName {
+                    long_name = Some(data);
+                } else {
+                    long_link = Some(data);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let pax: Vec<PaxRecord> =
+            global.iter().chain(local.drain(..).as_slice()).cloned().collect();
+        let pax_get = |k: &[u8]| pax.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.clone());
         let h = entry.header();
-        let etype = h.entry_type();
+        let path = pax_get(b"path")
+            .or_else(|| long_name.take())
+            .unwrap_or_else(|| h.path_bytes().into_owned());
+        let link = pax_get(b"linkpath")
+            .or_else(|| long_link.take())
+            .or_else(|| h.link_name_bytes().map(|c| c.into_owned()));
+        long_name = None;
+        long_link = None;
+        let shown = String::from_utf8_lossy(&path).into_owned();
+        let num = |key: &[u8], fallback: u64| -> Result<u64, BuildError> {
+            match pax_get(key) {
+                Some(v) => {
+                    std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                        BuildError::Tar(format!(
+                            "{shown}: PAX {} is not a number",
+                            String::from_utf8_lossy(key)
+                        ))
+                    })
+                }
+                None => Ok(fallback),
+            }
+        };
+        if num(b"size", entry.size())? != entry.size() {
+            return Err(BuildError::Tar(format!("{shown}: PAX size records are not supported")));
+        }
         let mut node = Node::with_kind(0, NodeKind::Special);
         node.mode = h.mode().map_err(terr)? & 0o7777;
-        node.uid = h.uid().map_err(terr)? as u32;
-        node.gid = h.gid().map_err(terr)? as u32;
+        node.uid = num(b"uid", h.uid().map_err(terr)?)? as u32;
+        node.gid = num(b"gid", h.gid().map_err(terr)?)? as u32;
         node.mtime = h.mtime().map_err(terr)?;
-        let link = entry.link_name_bytes().map(|c| c.into_owned());
+        if let Some((sec, nsec)) = pax_get(b"mtime").as_deref().and_then(parse_pax_time) {
+            node.mtime = sec;
+            node.mtime_nsec = nsec;
+        }
         if matches!(etype, tar::EntryType::Char | tar::EntryType::Block) {
             let major = h.device_major().map_err(terr)?.unwrap_or(0);
             let minor = h.device_minor().map_err(terr)?.unwrap_or(0);
             node.rdev = libc::makedev(major, minor);
         }
-        if let Some(exts) = entry.pax_extensions().map_err(terr)? {
-            for ext in exts {
-                let ext = ext.map_err(terr)?;
-                let key = ext.key_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    node.xattrs.insert(name.to_vec(), ext.value_bytes().to_vec());
-                } else if key == b"mtime" {
-                    if let Some((s, ns)) = parse_pax_time(ext.value_bytes()) {
-                        node.mtime = s;
-                        node.mtime_nsec = ns;
-                    }
-                }
+        for (k, v) in &pax {
+            if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
+                node.xattrs.insert(name.to_vec(), v.clone());
             }
         }
         match etype {
@@ -569,7 +661,12 @@ pub fn build_tar(
                 node.mode |= libc::S_IFIFO;
                 tree.insert(&path, node)?;
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            tar::EntryType::GNUSparse => {
+                return Err(BuildError::Tar(format!(
+                    "{shown}: GNU sparse entries are not supported"
+                )));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
                 node.mode |= libc::S_IFREG;
                 let size = entry.size();
                 node.size = size;
@@ -591,8 +688,6 @@ pub fn build_tar(
                     idx += 1;
                 }
             }
-            // Extension headers are consumed by the tar crate; anything else is unexpected.
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
             other => {
                 return Err(BuildError::Tar(format!(
                     "{shown}: unsupported tar entry type {other:?}"

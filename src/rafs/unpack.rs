@@ -161,6 +161,13 @@ pub fn unpack_to_tar(
     let tar_path = Path::new("<tar>");
     img.walk::<UnpackError>(|path, inode| {
         let name: Vec<u8> = if path == b"/" { b"./".to_vec() } else { [b"./", rel(path)].concat() };
+        // Before anything is written for it (a PAX header would describe the next entry).
+        if inode.file_type() == libc::S_IFSOCK {
+            // tar has no socket type. GNU tar skips sockets with a warning; so do we, rather
+            // than change the file type silently. (Directory unpack recreates them.)
+            eprintln!("warning: {}: socket not stored in tar", String::from_utf8_lossy(path));
+            return Ok(true);
+        }
         let d = &inode.disk;
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         for (k, v) in img.xattrs(inode)? {
@@ -191,12 +198,6 @@ pub fn unpack_to_tar(
             first_path.insert(inode.nid, name.clone());
         }
         let p = OsStr::from_bytes(&name);
-        if inode.file_type() == libc::S_IFSOCK {
-            // tar has no socket type. GNU tar skips sockets with a warning; so do we, rather
-            // than change the file type silently. (Directory unpack recreates them.)
-            eprintln!("warning: {}: socket not stored in tar", String::from_utf8_lossy(path));
-            return Ok(true);
-        }
         match inode.file_type() {
             libc::S_IFDIR => {
                 h.set_entry_type(tar::EntryType::Directory);
