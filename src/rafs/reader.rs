@@ -685,6 +685,12 @@ impl Image {
         if inode.disk.layout != data_layout::CHUNK_BASED {
             return Ok(Vec::new());
         }
+        let (_, raw) = self.chunk_index_bytes(inode)?;
+        raw.chunks_exact(l::CHUNK_INDEX_SIZE).map(|c| Ok(l::ChunkIndex::decode(c)?)).collect()
+    }
+
+    /// Offset and bytes of a chunk-based inode's index array, bounds-checked.
+    fn chunk_index_bytes(&self, inode: &Inode) -> Result<(u64, &[u8])> {
         let cs = self.inode_chunk_size(inode)?;
         let n = inode.disk.size.div_ceil(cs);
         let start = l::align_up(inode.offset + inode.head_len(), 8);
@@ -696,12 +702,21 @@ impl Image {
                 size: self.size(),
             },
         )?;
-        let raw = slice(&self.data, start, bytes, "chunk indexes")?;
-        raw.chunks_exact(l::CHUNK_INDEX_SIZE).map(|c| Ok(l::ChunkIndex::decode(c)?)).collect()
+        Ok((start, slice(&self.data, start, bytes, "chunk indexes")?))
     }
 
     /// Chunks of a regular file, resolved through the chunk table. Holes are `None`.
     pub fn chunks(&self, inode: &Inode) -> Result<Vec<Option<ChunkRef>>> {
+        self.chunk_range(inode, 0, u64::MAX)
+    }
+
+    /// Chunks `first..first+count` (clipped to the file) of a regular file.
+    pub fn chunk_range(
+        &self,
+        inode: &Inode,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<Option<ChunkRef>>> {
         if !inode.is_reg() {
             return Err(ReadError::Invalid(format!("nid {} is not a regular file", inode.nid)));
         }
@@ -727,10 +742,14 @@ impl Image {
                     .into(),
             ));
         }
-        self.chunk_indexes(inode)?
-            .into_iter()
-            .enumerate()
-            .map(|(i, idx)| {
+        let (_, raw) = self.chunk_index_bytes(inode)?;
+        let total = raw.len() as u64 / l::CHUNK_INDEX_SIZE as u64;
+        let first = first.min(total);
+        let last = first.saturating_add(count).min(total);
+        (first..last)
+            .map(|i| {
+                let at = (i as usize) * l::CHUNK_INDEX_SIZE;
+                let idx = l::ChunkIndex::decode(&raw[at..at + l::CHUNK_INDEX_SIZE])?;
                 if idx.blkaddr == l::NULL_ADDR {
                     return Ok(None);
                 }
@@ -770,11 +789,13 @@ impl Image {
             return self.flat_data(inode, offset, end - offset);
         }
         let cs = self.inode_chunk_size(inode)?;
-        let chunks = self.chunks(inode)?;
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let first = offset / cs;
+        let chunks = self.chunk_range(inode, first, (end - 1) / cs - first + 1)?;
+        // Bounded: the chunks exist, so the range is backed by that many chunk indexes.
+        let mut out = Vec::with_capacity((end - offset).min(chunks.len() as u64 * cs) as usize);
         let mut pos = offset;
         while pos < end {
-            let ci = (pos / cs) as usize;
+            let ci = (pos / cs - first) as usize;
             let in_chunk = pos % cs;
             let n = (cs - in_chunk).min(end - pos);
             match chunks.get(ci).copied().flatten() {
