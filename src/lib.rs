@@ -4,6 +4,7 @@
 //! [`storage`]. See README.md for the architecture.
 
 pub mod cli;
+pub mod daemon;
 pub mod rafs;
 pub mod storage;
 pub mod sys;

@@ -31,3 +31,15 @@ impl ReadOnlyMap {
 pub fn fsync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+/// An all-zero `stat64` (its padding fields are private, so it cannot be built field by field).
+pub fn zeroed_stat64() -> libc::stat64 {
+    // SAFETY: stat64 is a plain C struct of integers; all-zero is a valid value of each field.
+    unsafe { std::mem::zeroed() }
+}
+
+/// An all-zero `statvfs64`.
+pub fn zeroed_statvfs64() -> libc::statvfs64 {
+    // SAFETY: statvfs64 is a plain C struct of integers; all-zero is a valid value of each field.
+    unsafe { std::mem::zeroed() }
+}

@@ -546,7 +546,7 @@ impl Image {
     }
 
     /// Number of directory blocks of `dir`.
-    fn dir_blocks(&self, dir: &Inode) -> Result<u64> {
+    pub fn dir_blocks(&self, dir: &Inode) -> Result<u64> {
         if !dir.is_dir() {
             return Err(ReadError::Invalid(format!("nid {} is not a directory", dir.nid)));
         }
@@ -561,7 +561,7 @@ impl Image {
     }
 
     /// The entries of directory block `bi`.
-    fn dir_block(&self, dir: &Inode, bi: u64) -> Result<Vec<DirEntry>> {
+    pub fn dir_block(&self, dir: &Inode, bi: u64) -> Result<Vec<DirEntry>> {
         let block = self.flat_data(dir, bi * l::BLOCK_SIZE, l::BLOCK_SIZE)?;
         let bad = |why: String| {
             ReadError::Invalid(format!("directory nid {} block {bi}: {why}", dir.nid))

@@ -1,0 +1,15 @@
+//! The daemon (`stratad`): nydusd-compatible configuration ([`config`], [`args`]), the FUSE
+//! filesystem over RAFS images ([`rafsfs`]), the running service and its pseudo mounts
+//! ([`service`]), io statistics in nydusd's shapes ([`metrics`]), the HTTP API on a unix
+//! socket ([`api`]) and the lifecycle ([`run`]). The only module that knows about FUSE
+//! sessions and HTTP; `rafs` and `storage` know nothing of either.
+
+pub mod api;
+pub mod args;
+pub mod config;
+#[macro_use]
+pub mod log;
+pub mod metrics;
+pub mod rafsfs;
+pub mod run;
+pub mod service;

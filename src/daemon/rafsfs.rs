@@ -1,0 +1,435 @@
+//! A RAFS image as a read-only FUSE filesystem (fuse-backend-rs `FileSystem`).
+//!
+//! Inode numbers are nids (as nydusd reports for v6; the Vfs adds the mount index in the top
+//! byte). The filesystem is stateless per inode: every request decodes what it needs from the
+//! mapped bootstrap, so `forget` has nothing to release and memory does not grow with the
+//! number of inodes the kernel remembers. Images are immutable, so entries, attributes and
+//! negative lookups are cached by the kernel for 2^32 s and file/dir pages are kept
+//! (KEEP_CACHE, CACHE_DIR).
+//!
+//! Errors: a name that does not exist is a cached negative entry; everything that goes wrong
+//! reading the image or a chunk (corruption, a missing blob, a digest mismatch) is EIO for the
+//! caller and an error event for the daemon. `to_errno` is the one place this mapping lives.
+
+use std::any::Any;
+use std::ffi::CStr;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
+    ZeroCopyWriter,
+};
+use fuse_backend_rs::api::BackendFileSystem;
+
+use super::metrics::{Events, Fop, FsMetrics};
+use crate::rafs::chunk::ChunkReader;
+use crate::rafs::layout::{file_type, sb_flags};
+use crate::rafs::reader::{Image, Inode, ReadError};
+
+/// How long the kernel may cache entries and attributes of an immutable image.
+pub const CACHE_TIMEOUT: Duration = Duration::from_secs(1 << 32);
+
+/// The only place image errors become errno values.
+pub fn to_errno(e: &ReadError) -> io::Error {
+    io::Error::from_raw_os_error(match e {
+        ReadError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        _ => libc::EIO,
+    })
+}
+
+/// A mounted RAFS image.
+pub struct RafsFs {
+    image: Arc<Image>,
+    chunks: Arc<dyn ChunkReader>,
+    metrics: Arc<FsMetrics>,
+    events: Arc<Events>,
+    xattr: bool,
+    /// uid/gid to report when the image does not carry explicit owners.
+    owner: Option<(u32, u32)>,
+}
+
+impl RafsFs {
+    /// Serve `image`, reading chunk data through `chunks`.
+    pub fn new(
+        image: Arc<Image>,
+        chunks: Arc<dyn ChunkReader>,
+        metrics: Arc<FsMetrics>,
+        events: Arc<Events>,
+        xattr: bool,
+    ) -> Self {
+        let explicit = image.ext.as_ref().is_none_or(|e| e.flags & sb_flags::EXPLICIT_UID_GID != 0);
+        let owner =
+            (!explicit).then(|| (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()));
+        Self { image, chunks, metrics, events, xattr, owner }
+    }
+
+    /// The image served.
+    pub fn image(&self) -> &Arc<Image> {
+        &self.image
+    }
+
+    fn inode(&self, ino: u64) -> io::Result<Inode> {
+        self.image.inode(ino).map_err(|e| self.fail(format!("inode {ino}"), &e))
+    }
+
+    /// Record an error event and turn it into an errno.
+    fn fail(&self, what: String, e: &ReadError) -> io::Error {
+        self.events.error(format!("{what}: {e}"));
+        to_errno(e)
+    }
+
+    fn stat(&self, inode: &Inode) -> stat64 {
+        let d = &inode.disk;
+        let mut st = crate::sys::zeroed_stat64();
+        st.st_ino = inode.nid;
+        st.st_mode = u32::from(d.mode);
+        st.st_nlink = u64::from(d.nlink);
+        let (uid, gid) = self.owner.unwrap_or((d.uid, d.gid));
+        st.st_uid = uid;
+        st.st_gid = gid;
+        st.st_rdev = inode.rdev();
+        st.st_size = d.size as i64;
+        st.st_blksize = 4096;
+        st.st_blocks = d.size.div_ceil(512) as i64;
+        st.st_mtime = d.mtime as i64;
+        st.st_mtime_nsec = i64::from(d.mtime_nsec);
+        st.st_ctime = st.st_mtime;
+        st.st_ctime_nsec = st.st_mtime_nsec;
+        st.st_atime = st.st_mtime;
+        st.st_atime_nsec = st.st_mtime_nsec;
+        st
+    }
+
+    fn entry(&self, inode: &Inode) -> Entry {
+        Entry {
+            inode: inode.nid,
+            generation: 0,
+            attr: self.stat(inode),
+            attr_flags: 0,
+            attr_timeout: CACHE_TIMEOUT,
+            entry_timeout: CACHE_TIMEOUT,
+        }
+    }
+
+    /// Walk directory entries from the readdir cursor `offset` = block * 2^16 + index.
+    fn each_dirent(
+        &self,
+        dir: u64,
+        offset: u64,
+        mut add: impl FnMut(&crate::rafs::reader::DirEntry, u64) -> io::Result<bool>,
+    ) -> io::Result<()> {
+        let inode = self.inode(dir)?;
+        let blocks =
+            self.image.dir_blocks(&inode).map_err(|e| self.fail(format!("dir {dir}"), &e))?;
+        let (mut b, mut j) = (offset >> 16, (offset & 0xffff) as usize);
+        while b < blocks {
+            let entries =
+                self.image.dir_block(&inode, b).map_err(|e| self.fail(format!("dir {dir}"), &e))?;
+            while j < entries.len() {
+                if !add(&entries[j], (b << 16) | (j as u64 + 1))? {
+                    return Ok(());
+                }
+                j += 1;
+            }
+            b += 1;
+            j = 0;
+        }
+        Ok(())
+    }
+}
+
+fn dtype(ft: u8) -> u32 {
+    u32::from(match ft {
+        file_type::REG => libc::DT_REG,
+        file_type::DIR => libc::DT_DIR,
+        file_type::CHR => libc::DT_CHR,
+        file_type::BLK => libc::DT_BLK,
+        file_type::FIFO => libc::DT_FIFO,
+        file_type::SOCK => libc::DT_SOCK,
+        file_type::SYMLINK => libc::DT_LNK,
+        _ => libc::DT_UNKNOWN,
+    })
+}
+
+impl FileSystem for RafsFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        // Used without the Vfs these are what a read-only image wants; the Vfs sends its own.
+        Ok(capable
+            & (FsOptions::ASYNC_READ
+                | FsOptions::PARALLEL_DIROPS
+                | FsOptions::BIG_WRITES
+                | FsOptions::MAX_PAGES
+                | FsOptions::DO_READDIRPLUS
+                | FsOptions::READDIRPLUS_AUTO
+                | FsOptions::CACHE_SYMLINKS
+                | FsOptions::ZERO_MESSAGE_OPEN
+                | FsOptions::ZERO_MESSAGE_OPENDIR))
+    }
+
+    fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let op = self.metrics.begin(Fop::Lookup, parent);
+        let r = (|| {
+            let dir = self.inode(parent)?;
+            if !dir.is_dir() {
+                return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+            }
+            match self.image.lookup(&dir, name.to_bytes()) {
+                Ok(Some(e)) => Ok(self.entry(&self.inode(e.nid)?)),
+                // A cached negative entry: the image never changes.
+                Ok(None) => Ok(Entry {
+                    inode: 0,
+                    generation: 0,
+                    attr: crate::sys::zeroed_stat64(),
+                    attr_flags: 0,
+                    attr_timeout: CACHE_TIMEOUT,
+                    entry_timeout: CACHE_TIMEOUT,
+                }),
+                Err(e) => Err(self.fail(format!("lookup in dir {parent}"), &e)),
+            }
+        })();
+        op.done(r.is_ok(), 0);
+        r
+    }
+
+    fn forget(&self, _ctx: &Context, _inode: u64, _count: u64) {}
+
+    fn batch_forget(&self, _ctx: &Context, _requests: Vec<(u64, u64)>) {}
+
+    fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _h: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        let op = self.metrics.begin(Fop::Getattr, inode);
+        let r = self.inode(inode).map(|i| (self.stat(&i), CACHE_TIMEOUT));
+        op.done(r.is_ok(), 0);
+        r
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        let op = self.metrics.begin(Fop::Readlink, inode);
+        let r = self.inode(inode).and_then(|i| {
+            if i.file_type() != libc::S_IFLNK {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            self.image.readlink(&i).map_err(|e| self.fail(format!("readlink {inode}"), &e))
+        });
+        op.done(r.is_ok(), 0);
+        r
+    }
+
+    fn open(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let op = self.metrics.begin(Fop::Open, inode);
+        let r = self.inode(inode).map(|_| (None, OpenOptions::KEEP_CACHE, None));
+        op.done(r.is_ok(), 0);
+        r
+    }
+
+    fn read(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        let op = self.metrics.begin(Fop::Read, inode);
+        let r = self.inode(inode).and_then(|i| {
+            if !i.is_reg() {
+                return Err(io::Error::from_raw_os_error(libc::EISDIR));
+            }
+            let data = self
+                .image
+                .read(&i, offset, u64::from(size), self.chunks.as_ref())
+                .map_err(|e| self.fail(format!("read inode {inode} at {offset}+{size}"), &e))?;
+            w.write_all(&data)?;
+            Ok(data.len())
+        });
+        op.done(r.is_ok(), *r.as_ref().unwrap_or(&0));
+        r
+    }
+
+    fn release(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        _flags: u32,
+        _handle: u64,
+        _flush: bool,
+        _flock_release: bool,
+        _lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        let op = self.metrics.begin(Fop::Statfs, inode);
+        let mut st = crate::sys::zeroed_statvfs64();
+        st.f_bsize = 4096;
+        st.f_frsize = 4096;
+        let data_blocks: u64 = self.image.devices.iter().map(|d| u64::from(d.blocks)).sum();
+        st.f_blocks = u64::from(self.image.sb.blocks) + data_blocks;
+        st.f_files = self.image.sb.inos;
+        st.f_namemax = 255;
+        op.done(true, 0);
+        Ok(st)
+    }
+
+    fn getxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        let op = self.metrics.begin(Fop::Getxattr, inode);
+        let r = (|| {
+            if !self.xattr {
+                return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+            }
+            let i = self.inode(inode)?;
+            let xattrs =
+                self.image.xattrs(&i).map_err(|e| self.fail(format!("xattrs {inode}"), &e))?;
+            let v = xattrs
+                .into_iter()
+                .find(|(k, _)| k.as_slice() == name.to_bytes())
+                .map(|(_, v)| v)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODATA))?;
+            match size {
+                0 => Ok(GetxattrReply::Count(v.len() as u32)),
+                s if (s as usize) < v.len() => Err(io::Error::from_raw_os_error(libc::ERANGE)),
+                _ => Ok(GetxattrReply::Value(v)),
+            }
+        })();
+        // ENODATA is an answer, not a failure.
+        op.done(
+            r.as_ref().is_ok()
+                || r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::ENODATA),
+            0,
+        );
+        r
+    }
+
+    fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let op = self.metrics.begin(Fop::Listxattr, inode);
+        let r = (|| {
+            if !self.xattr {
+                return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+            }
+            let i = self.inode(inode)?;
+            let xattrs =
+                self.image.xattrs(&i).map_err(|e| self.fail(format!("xattrs {inode}"), &e))?;
+            let mut names = Vec::new();
+            for (k, _) in xattrs {
+                names.extend_from_slice(&k);
+                names.push(0);
+            }
+            match size {
+                0 => Ok(ListxattrReply::Count(names.len() as u32)),
+                s if (s as usize) < names.len() => Err(io::Error::from_raw_os_error(libc::ERANGE)),
+                _ => Ok(ListxattrReply::Names(names)),
+            }
+        })();
+        op.done(r.is_ok(), 0);
+        r
+    }
+
+    fn opendir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let op = self.metrics.begin(Fop::Opendir, inode);
+        let r = self.inode(inode).and_then(|i| {
+            if !i.is_dir() {
+                return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+            }
+            Ok((None, OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR))
+        });
+        op.done(r.is_ok(), 0);
+        r
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let op = self.metrics.begin(Fop::Readdir, inode);
+        let r = self.each_dirent(inode, offset, |e, next| {
+            let n = add_entry(DirEntry {
+                ino: e.nid,
+                offset: next,
+                type_: dtype(e.file_type),
+                name: &e.name,
+            })?;
+            Ok(n > 0)
+        });
+        op.done(r.is_ok(), 0);
+        r
+    }
+
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let op = self.metrics.begin(Fop::Readdirplus, inode);
+        let r = self.each_dirent(inode, offset, |e, next| {
+            let child = self.inode(e.nid)?;
+            let n = add_entry(
+                DirEntry { ino: e.nid, offset: next, type_: dtype(e.file_type), name: &e.name },
+                self.entry(&child),
+            )?;
+            Ok(n > 0)
+        });
+        op.done(r.is_ok(), 0);
+        r
+    }
+
+    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn access(&self, _ctx: &Context, inode: u64, _mask: u32) -> io::Result<()> {
+        // Permission checks happen in the kernel (default_permissions); existence is all.
+        self.inode(inode).map(|_| ())
+    }
+}
+
+impl BackendFileSystem for RafsFs {
+    fn mount(&self) -> io::Result<(Entry, u64)> {
+        let root = self.image.root().map_err(|e| self.fail("root".into(), &e))?;
+        // The largest nid: an upper bound is the image size / 32.
+        Ok((self.entry(&root), self.image.size() / 32))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,426 @@
+//! The running daemon: RAFS instances mounted into one FUSE session through the Vfs (the root
+//! image at `/`, more under pseudo mountpoints through the API), their backends, caches and
+//! metrics, the daemon state nydusd reports (INIT, READY, RUNNING), and the control the HTTP
+//! API drives.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use fuse_backend_rs::api::{Vfs, VfsOptions};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use super::api::{ApiError, DaemonControl, MountRequest};
+use super::config::{BackendConfig, CacheKind, DaemonConfig};
+use super::metrics::{Events, FsMetrics, Recorders};
+use super::rafsfs::RafsFs;
+use crate::rafs::chunk::ChunkReader;
+use crate::rafs::reader::Image;
+use crate::storage::backend::{BlobBackend, LocalFs};
+use crate::storage::cache::{ChunkCache, DirectReader};
+
+/// Daemon states, as nydusd names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Starting.
+    Init,
+    /// Mounted, not yet serving.
+    Ready,
+    /// Serving requests.
+    Running,
+    /// Shutting down.
+    Stopping,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Init => "INIT",
+            State::Ready => "READY",
+            State::Running => "RUNNING",
+            State::Stopping => "DESTROYED",
+        }
+    }
+}
+
+/// Errors of setting up an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The bootstrap cannot be used.
+    #[error("bootstrap {path}: {source}")]
+    Bootstrap {
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: crate::rafs::reader::ReadError,
+    },
+    /// The configuration asks for something stratad does not do (yet).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Storage setup failed.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// Vfs mount failed.
+    #[error("mount {path}: {detail}")]
+    Vfs {
+        /// Pseudo mountpoint.
+        path: String,
+        /// What the Vfs said.
+        detail: String,
+    },
+}
+
+/// One mounted RAFS instance.
+pub struct Instance {
+    /// Bootstrap path.
+    pub bootstrap: PathBuf,
+    /// The image.
+    pub image: Arc<Image>,
+    /// Its configuration.
+    pub config: DaemonConfig,
+    /// Blob backend.
+    pub backend: Arc<dyn BlobBackend>,
+    /// Chunk cache (None with dummycache).
+    pub cache: Option<Arc<ChunkCache>>,
+    /// io statistics.
+    pub metrics: Arc<FsMetrics>,
+}
+
+impl Instance {
+    /// Open `bootstrap` with `config` and build its filesystem.
+    pub fn open(
+        id: &str,
+        bootstrap: &Path,
+        config: DaemonConfig,
+        events: Arc<Events>,
+    ) -> Result<(Self, RafsFs), ServiceError> {
+        if config.overlay.is_some() {
+            return Err(ServiceError::Unsupported(
+                "the config has an overlay section: the writable overlay is not built yet".into(),
+            ));
+        }
+        let image = Arc::new(Image::open(bootstrap).map_err(|source| ServiceError::Bootstrap {
+            path: bootstrap.display().to_string(),
+            source,
+        })?);
+        let backend: Arc<dyn BlobBackend> = match &config.backend {
+            BackendConfig::Localfs { dir, alt_dirs, blob_file } => match (blob_file, dir) {
+                (Some(f), _) => Arc::new(LocalFs::from_blob_file(f)),
+                (None, Some(d)) => Arc::new(LocalFs::new(d).with_alt_dirs(alt_dirs.clone())),
+                (None, None) => {
+                    return Err(ServiceError::Unsupported(
+                        "backend localfs needs dir or blob_file".into(),
+                    ))
+                }
+            },
+            BackendConfig::Unsupported { kind } => {
+                return Err(ServiceError::Unsupported(format!(
+                    "backend type {kind:?} is not supported yet (localfs is)"
+                )))
+            }
+        };
+        let (reader, cache): (Arc<dyn ChunkReader>, Option<Arc<ChunkCache>>) = match config.cache.kind
+        {
+            CacheKind::Blobcache => {
+                std::fs::create_dir_all(&config.cache.work_dir).map_err(|e| {
+                    ServiceError::Unsupported(format!(
+                        "cache work_dir {}: {e}",
+                        config.cache.work_dir.display()
+                    ))
+                })?;
+                let c = Arc::new(ChunkCache::open(
+                    &config.cache.work_dir,
+                    backend.clone(),
+                    &image.blobs,
+                    config.cache.validate,
+                )?);
+                (c.clone(), Some(c))
+            }
+            CacheKind::Dummy => (Arc::new(DirectReader::new(backend.clone(), &image.blobs)?), None),
+            CacheKind::Fscache => {
+                return Err(ServiceError::Unsupported(
+                    "cache type fscache needs the kernel fscache mode, which stratad does not serve; use blobcache".into(),
+                ))
+            }
+        };
+        let recorders = Recorders {
+            files: config.rafs.iostats_files,
+            pattern: config.rafs.access_pattern,
+            latest: config.rafs.latest_read_files,
+        };
+        let metrics = Arc::new(FsMetrics::new(id, recorders));
+        let fs =
+            RafsFs::new(image.clone(), reader, metrics.clone(), events, config.rafs.enable_xattr);
+        Ok((
+            Self { bootstrap: bootstrap.to_path_buf(), image, config, backend, cache, metrics },
+            fs,
+        ))
+    }
+}
+
+/// The daemon.
+pub struct Daemon {
+    id: String,
+    supervisor: Option<PathBuf>,
+    state: Mutex<State>,
+    vfs: Arc<Vfs>,
+    instances: Mutex<BTreeMap<String, Instance>>,
+    events: Arc<Events>,
+    default_config: Option<DaemonConfig>,
+    exit: Mutex<Option<Sender<()>>>,
+}
+
+impl Daemon {
+    /// A daemon with an empty Vfs. `exit` is signalled when the API asks the daemon to exit.
+    pub fn new(
+        id: String,
+        supervisor: Option<PathBuf>,
+        default_config: Option<DaemonConfig>,
+        exit: Sender<()>,
+    ) -> Self {
+        Self {
+            id,
+            supervisor,
+            state: Mutex::new(State::Init),
+            vfs: Arc::new(Vfs::new(VfsOptions::default())),
+            instances: Mutex::new(BTreeMap::new()),
+            events: Arc::new(Events::default()),
+            default_config,
+            exit: Mutex::new(Some(exit)),
+        }
+    }
+
+    /// The Vfs to serve.
+    pub fn vfs(&self) -> Arc<Vfs> {
+        self.vfs.clone()
+    }
+
+    /// Error events.
+    pub fn events_ref(&self) -> &Arc<Events> {
+        &self.events
+    }
+
+    /// Set the state.
+    pub fn set_state(&self, s: State) {
+        *self.state.lock() = s;
+    }
+
+    /// Mount `bootstrap` at pseudo path `at` ("/" for the root).
+    pub fn mount_instance(
+        &self,
+        at: &str,
+        bootstrap: &Path,
+        config: DaemonConfig,
+    ) -> Result<(), ServiceError> {
+        let mut instances = self.instances.lock();
+        if instances.contains_key(at) {
+            return Err(ServiceError::Vfs { path: at.into(), detail: "already mounted".into() });
+        }
+        let (inst, fs) = Instance::open(at, bootstrap, config, self.events.clone())?;
+        self.vfs
+            .mount(Box::new(fs), at)
+            .map_err(|e| ServiceError::Vfs { path: at.into(), detail: format!("{e:?}") })?;
+        instances.insert(at.to_string(), inst);
+        crate::log_info!("mounted {} at {at}", bootstrap.display());
+        Ok(())
+    }
+
+    /// Unmount the instance at `at`.
+    pub fn umount_instance(&self, at: &str) -> Result<(), ServiceError> {
+        let mut instances = self.instances.lock();
+        if !instances.contains_key(at) {
+            return Err(ServiceError::Vfs {
+                path: at.into(),
+                detail: "nothing mounted there".into(),
+            });
+        }
+        self.vfs
+            .umount(at)
+            .map_err(|e| ServiceError::Vfs { path: at.into(), detail: format!("{e:?}") })?;
+        if let Some(inst) = instances.remove(at) {
+            if let Some(c) = &inst.cache {
+                if let Err(e) = c.flush() {
+                    crate::log_warn!("flushing the cache of {at}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush every cache (clean shutdown).
+    pub fn flush_all(&self) {
+        for (at, inst) in self.instances.lock().iter() {
+            if let Some(c) = &inst.cache {
+                if let Err(e) = c.flush() {
+                    crate::log_warn!("flushing the cache of {at}: {e}");
+                }
+            }
+        }
+    }
+
+    fn with_instance<T>(
+        &self,
+        id: Option<&str>,
+        f: impl FnOnce(&Instance) -> T,
+    ) -> Result<T, ApiError> {
+        let instances = self.instances.lock();
+        let key = id.unwrap_or("/");
+        let inst = instances
+            .get(key)
+            .or_else(|| if id.is_none() { instances.values().next() } else { None })
+            .ok_or_else(|| ApiError::not_found(format!("no RAFS instance with id {key:?}")))?;
+        Ok(f(inst))
+    }
+
+    fn config_for(&self, req: &MountRequest) -> Result<DaemonConfig, ApiError> {
+        if req.fs_type != "rafs" {
+            return Err(ApiError::not_implemented(format!(
+                "fs_type {:?}: stratad serves rafs only",
+                req.fs_type
+            )));
+        }
+        if req.prefetch_files.as_ref().is_some_and(|v| !v.is_empty()) {
+            return Err(ApiError::not_implemented("prefetch_files: prefetch is not built yet"));
+        }
+        if req.config.trim().is_empty() {
+            return self.default_config.clone().ok_or_else(|| {
+                ApiError::bad_request("config is empty and the daemon has no default")
+            });
+        }
+        super::config::parse(&req.config).map_err(|e| ApiError::bad_request(format!("config: {e}")))
+    }
+}
+
+fn service_to_api(e: ServiceError) -> ApiError {
+    match e {
+        ServiceError::Unsupported(m) => ApiError::not_implemented(m),
+        ServiceError::Bootstrap { .. } => ApiError::bad_request(e.to_string()),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+impl DaemonControl for Daemon {
+    fn daemon_info(&self) -> Value {
+        let instances = self.instances.lock();
+        json!({
+            "id": self.id,
+            "version": {"package_ver": env!("CARGO_PKG_VERSION"), "git_commit": "", "build_time": "",
+                "profile": if cfg!(debug_assertions) { "debug" } else { "release" }, "rustc": ""},
+            "state": self.state.lock().name(),
+            "supervisor": self.supervisor.as_ref().map(|p| p.display().to_string()),
+            "backend_collection": instances.iter().map(|(k, i)| (k.clone(), json!({
+                "mountpoint": k, "source": i.bootstrap, "fs_type": "rafs",
+            }))).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+
+    fn set_log_level(&self, level: &str) -> Result<(), ApiError> {
+        let l = super::log::Level::parse(level).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "log_level {level:?}: expected trace, debug, info, warn or error"
+            ))
+        })?;
+        super::log::set_level(l);
+        Ok(())
+    }
+
+    fn exit(&self) {
+        if let Some(tx) = self.exit.lock().take() {
+            let _ = tx.send(());
+        }
+    }
+
+    fn events(&self) -> Value {
+        self.events.to_json()
+    }
+
+    fn backend_info(&self, mountpoint: &str) -> Result<Value, ApiError> {
+        self.with_instance(Some(mountpoint), |i| {
+            let img = &i.image;
+            json!({
+                "version": 6, "magic": format!("{:#x}", crate::rafs::layout::EROFS_MAGIC),
+                "block_size": 4096, "chunk_size": img.chunk_size, "inodes_count": img.sb.inos,
+                "root_nid": img.sb.root_nid, "meta_blkaddr": img.sb.meta_blkaddr,
+                "flags": img.ext.as_ref().map(|e| e.flags), "compressor": img.compressor.name(),
+                "digester": img.digester.name(),
+                "blob_table": img.blobs.iter().map(|b| b.blob_id.clone()).collect::<Vec<_>>(),
+                "prefetch_table_entries": img.prefetch.len(),
+            })
+        })
+    }
+
+    fn mount(&self, mountpoint: &str, req: MountRequest) -> Result<(), ApiError> {
+        let config = self.config_for(&req)?;
+        self.mount_instance(mountpoint, Path::new(&req.source), config).map_err(service_to_api)
+    }
+
+    fn remount(&self, mountpoint: &str, req: MountRequest) -> Result<(), ApiError> {
+        let config = self.config_for(&req)?;
+        self.umount_instance(mountpoint).map_err(|e| ApiError::not_found(e.to_string()))?;
+        self.mount_instance(mountpoint, Path::new(&req.source), config).map_err(service_to_api)
+    }
+
+    fn umount(&self, mountpoint: &str) -> Result<(), ApiError> {
+        self.umount_instance(mountpoint).map_err(|e| ApiError::not_found(e.to_string()))
+    }
+
+    fn metrics(&self, id: Option<&str>) -> Result<Value, ApiError> {
+        self.with_instance(id, |i| i.metrics.global())
+    }
+
+    fn metrics_files(&self, id: Option<&str>, latest: bool) -> Result<Value, ApiError> {
+        self.with_instance(id, |i| i.metrics.files(latest))?.ok_or_else(|| {
+            ApiError::bad_request(if latest {
+                "latest_read_files is not enabled in the config"
+            } else {
+                "iostats_files is not enabled in the config"
+            })
+        })
+    }
+
+    fn metrics_pattern(&self, id: Option<&str>) -> Result<Value, ApiError> {
+        self.with_instance(id, |i| i.metrics.pattern())?
+            .ok_or_else(|| ApiError::bad_request("access_pattern is not enabled in the config"))
+    }
+
+    fn metrics_backend(&self, id: Option<&str>) -> Result<Value, ApiError> {
+        self.with_instance(id, |i| {
+            let m = i.backend.metrics().snapshot();
+            json!({
+                "id": id.unwrap_or("/"), "backend_type": "localfs",
+                "read_count": m.read_count, "read_errors": m.read_errors,
+                "read_amount_total": m.read_bytes, "read_cumulative_latency_millis_total": 0,
+            })
+        })
+    }
+
+    fn metrics_blobcache(&self, id: Option<&str>) -> Result<Value, ApiError> {
+        self.with_instance(id, |i| {
+            let (hits, misses, entries, store) = match &i.cache {
+                Some(c) => {
+                    let m = c.metrics();
+                    (m.hits, m.misses, m.ready.iter().map(|&r| u64::from(r)).sum::<u64>(), c.work_dir().display().to_string())
+                }
+                None => (0, 0, 0, String::new()),
+            };
+            json!({
+                "id": id.unwrap_or("/"), "underlying_files": i.image.blobs.iter().map(|b| b.blob_id.clone()).collect::<Vec<_>>(),
+                "store_path": store, "partial_hits": 0, "whole_hits": hits, "total": hits + misses,
+                "entries_count": entries, "prefetch_data_amount": 0, "prefetch_requests_count": 0,
+                "prefetch_workers": 0, "prefetch_unmerged_chunks": 0, "prefetch_cumulative_time_millis": 0,
+                "prefetch_begin_time_secs": 0, "prefetch_begin_time_millis": 0,
+                "prefetch_end_time_secs": 0, "prefetch_end_time_millis": 0,
+                "buffered_backend_size": 0, "data_all_ready": false,
+            })
+        })
+    }
+
+    fn metrics_inflight(&self) -> Value {
+        let values: Vec<Value> =
+            self.instances.lock().values().flat_map(|i| i.metrics.inflight()).collect();
+        json!({"values": values})
+    }
+}
