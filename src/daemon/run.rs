@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::api::Vfs;
 use fuse_backend_rs::transport::FuseSession;
 use nix::sys::signal::{SigSet, Signal};
 
@@ -149,11 +150,12 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
     }
     sigs.thread_block().context("blocking signals")?;
 
-    let mut session = FuseSession::new(&mountpoint, "strata", "rafs", true)
-        .map_err(|e| anyhow::anyhow!("FUSE session on {}: {e}", mountpoint.display()))?;
-    session
-        .mount()
-        .map_err(|e| anyhow::anyhow!("mounting FUSE at {}: {e}", mountpoint.display()))?;
+    let serving = Serving::mount(&mountpoint, daemon.vfs(), f.fuse_threads, {
+        let tx = stop_tx.clone();
+        move || {
+            let _ = tx.send(Stop::Unmounted);
+        }
+    })?;
     daemon.set_state(State::Ready);
     log_info!("mounted at {}", mountpoint.display());
 
@@ -161,7 +163,7 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
         Some(sock) => match super::api::ApiServer::start(sock, daemon.clone()) {
             Ok(a) => Some(a),
             Err(e) => {
-                let _ = session.umount();
+                serving.stop();
                 bail!("--apisock {}: {e}", sock.display());
             }
         },
@@ -182,38 +184,6 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
             }
         })?;
     }
-    let server = Arc::new(Server::new(daemon.vfs()));
-    let mut workers = Vec::new();
-    for i in 0..f.fuse_threads {
-        let mut channel =
-            session.new_channel().map_err(|e| anyhow::anyhow!("FUSE channel: {e}"))?;
-        let server = server.clone();
-        let tx = stop_tx.clone();
-        workers.push(std::thread::Builder::new().name(format!("fuse_server_{i}")).spawn(
-            move || {
-                loop {
-                    match channel.get_request() {
-                        Ok(Some((reader, writer))) => {
-                            if let Err(e) = server.handle_message(reader, writer.into(), None, None)
-                            {
-                                crate::daemon::log::log(
-                                    crate::daemon::log::Level::Debug,
-                                    format_args!("request failed: {e}"),
-                                );
-                            }
-                        }
-                        // Woken for shutdown, or the kernel side is gone (unmounted).
-                        Ok(None) => break,
-                        Err(e) => {
-                            log_warn!("FUSE channel: {e}");
-                            break;
-                        }
-                    }
-                }
-                let _ = tx.send(Stop::Unmounted);
-            },
-        )?);
-    }
     daemon.set_state(State::Running);
     log_info!("running with {} FUSE threads", f.fuse_threads);
 
@@ -224,19 +194,99 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
         Stop::Unmounted => log_info!("the mount went away: exiting"),
     }
     daemon.set_state(State::Stopping);
-    if let Err(e) = session.wake() {
-        log_warn!("waking FUSE workers: {e}");
-    }
-    if let Err(e) = session.umount() {
-        log_warn!("unmounting {}: {e}", mountpoint.display());
-    }
-    for w in workers {
-        let _ = w.join();
-    }
+    serving.stop();
     daemon.flush_all();
     if let Some(a) = api {
         a.shutdown();
     }
     log_info!("stopped");
     Ok(())
+}
+
+/// A mounted FUSE session and its worker threads.
+pub struct Serving {
+    session: FuseSession,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    mountpoint: std::path::PathBuf,
+}
+
+impl Serving {
+    /// Mount `vfs` read-only at `mountpoint` and serve it with `threads` workers. `on_exit` runs
+    /// when a worker stops because the mount went away (an external `umount`).
+    pub fn mount(
+        mountpoint: &Path,
+        vfs: Arc<Vfs>,
+        threads: usize,
+        on_exit: impl Fn() + Send + Sync + Clone + 'static,
+    ) -> Result<Self> {
+        let mut session = FuseSession::new(mountpoint, "strata", "rafs", true)
+            .map_err(|e| anyhow::anyhow!("FUSE session on {}: {e}", mountpoint.display()))?;
+        session
+            .mount()
+            .map_err(|e| anyhow::anyhow!("mounting FUSE at {}: {e}", mountpoint.display()))?;
+        let server = Arc::new(Server::new(vfs));
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut serving = Serving {
+            session,
+            stopping: stopping.clone(),
+            workers: Vec::new(),
+            mountpoint: mountpoint.to_path_buf(),
+        };
+        for i in 0..threads {
+            let mut channel = match serving.session.new_channel() {
+                Ok(c) => c,
+                Err(e) => {
+                    serving.stop();
+                    bail!("FUSE channel: {e}");
+                }
+            };
+            let server = server.clone();
+            let on_exit = on_exit.clone();
+            let stopping = stopping.clone();
+            let w =
+                std::thread::Builder::new().name(format!("fuse_server_{i}")).spawn(move || {
+                    loop {
+                        match channel.get_request() {
+                            Ok(Some((reader, writer))) => {
+                                if let Err(e) =
+                                    server.handle_message(reader, writer.into(), None, None)
+                                {
+                                    super::log::log(
+                                        super::log::Level::Debug,
+                                        format_args!("request failed: {e}"),
+                                    );
+                                }
+                            }
+                            // Woken for shutdown, or the kernel side is gone (unmounted).
+                            Ok(None) => break,
+                            Err(e) => {
+                                // Errors while we unmount are the unmount itself.
+                                if !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                                    log_warn!("FUSE channel: {e}");
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    on_exit();
+                })?;
+            serving.workers.push(w);
+        }
+        Ok(serving)
+    }
+
+    /// Stop the workers and unmount.
+    pub fn stop(mut self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = self.session.wake() {
+            log_warn!("waking FUSE workers: {e}");
+        }
+        if let Err(e) = self.session.umount() {
+            log_warn!("unmounting {}: {e}", self.mountpoint.display());
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
 }
