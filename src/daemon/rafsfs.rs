@@ -81,6 +81,15 @@ impl RafsFs {
         to_errno(e)
     }
 
+    /// The xattrs of `inode`, or ENOTSUP when the config disables them.
+    fn xattrs_of(&self, inode: u64) -> io::Result<Vec<crate::rafs::reader::Xattr>> {
+        if !self.xattr {
+            return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+        }
+        let i = self.inode(inode)?;
+        self.image.xattrs(&i).map_err(|e| self.fail(format!("xattrs {inode}"), &e))
+    }
+
     fn stat(&self, inode: &Inode) -> stat64 {
         let d = &inode.disk;
         let mut st = crate::sys::zeroed_stat64();
@@ -300,12 +309,7 @@ impl FileSystem for RafsFs {
     ) -> io::Result<GetxattrReply> {
         let op = self.metrics.begin(Fop::Getxattr, inode);
         let r = (|| {
-            if !self.xattr {
-                return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
-            }
-            let i = self.inode(inode)?;
-            let xattrs =
-                self.image.xattrs(&i).map_err(|e| self.fail(format!("xattrs {inode}"), &e))?;
+            let xattrs = self.xattrs_of(inode)?;
             let v = xattrs
                 .into_iter()
                 .find(|(k, _)| k.as_slice() == name.to_bytes())
@@ -329,12 +333,7 @@ impl FileSystem for RafsFs {
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         let op = self.metrics.begin(Fop::Listxattr, inode);
         let r = (|| {
-            if !self.xattr {
-                return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
-            }
-            let i = self.inode(inode)?;
-            let xattrs =
-                self.image.xattrs(&i).map_err(|e| self.fail(format!("xattrs {inode}"), &e))?;
+            let xattrs = self.xattrs_of(inode)?;
             let mut names = Vec::new();
             for (k, _) in xattrs {
                 names.extend_from_slice(&k);
