@@ -181,6 +181,20 @@ pub fn verify(digester: Digester, chunk: &ChunkRef, data: &[u8]) -> Result<(), C
 pub trait ChunkReader: Send + Sync {
     /// Bytes of `chunk`.
     fn read_chunk(&self, chunk: &ChunkRef) -> Result<std::sync::Arc<Vec<u8>>, ChunkError>;
+
+    /// Bytes `[offset, offset+len)` of `chunk` (clipped to the chunk). The default reads the
+    /// whole chunk; a cache that holds chunks uncompressed overrides it to read only the range.
+    fn read_chunk_range(
+        &self,
+        chunk: &ChunkRef,
+        offset: u32,
+        len: u32,
+    ) -> Result<Vec<u8>, ChunkError> {
+        let all = self.read_chunk(chunk)?;
+        let from = (offset as usize).min(all.len());
+        let to = from.saturating_add(len as usize).min(all.len());
+        Ok(all[from..to].to_vec())
+    }
 }
 
 #[cfg(test)]

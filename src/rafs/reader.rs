@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
 
 use super::chunk::{ChunkError, ChunkReader, ChunkRef};
 use super::layout::{self as l, data_layout, le, Compressor, Digester, DiskInode, FormatError};
@@ -801,18 +800,25 @@ impl Image {
             match chunks.get(ci).copied().flatten() {
                 None => out.resize(out.len() + n as usize, 0),
                 Some(c) => {
-                    let bytes: Arc<Vec<u8>> = src.read_chunk(&c)?;
-                    let from = in_chunk as usize;
-                    let to = from + n as usize;
-                    if to > bytes.len() {
+                    if in_chunk + n > u64::from(c.uncompressed_size) {
                         return Err(ReadError::Invalid(format!(
-                            "nid {}: chunk {} holds {} bytes, file needs {to}",
+                            "nid {}: chunk {} holds {} bytes, file needs {}",
+                            inode.nid,
+                            c.index,
+                            c.uncompressed_size,
+                            in_chunk + n
+                        )));
+                    }
+                    let bytes = src.read_chunk_range(&c, in_chunk as u32, n as u32)?;
+                    if bytes.len() as u64 != n {
+                        return Err(ReadError::Invalid(format!(
+                            "nid {}: chunk {} returned {} of {n} bytes",
                             inode.nid,
                             c.index,
                             bytes.len()
                         )));
                     }
-                    out.extend_from_slice(&bytes[from..to]);
+                    out.extend_from_slice(&bytes);
                 }
             }
             pos += n;
