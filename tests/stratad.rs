@@ -140,12 +140,23 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
 }
 
 fn localfs_v1_config(dir: &Path, blobs: &Path, cache: &Path, cache_type: &str) -> PathBuf {
-    let p = dir.join(format!("config-{cache_type}.json"));
+    config_with(dir, blobs, cache, cache_type, 1 << 20)
+}
+
+/// A v1 config with read amplification `amplify_io` (0: fetch only what a read touches).
+fn config_with(
+    dir: &Path,
+    blobs: &Path,
+    cache: &Path,
+    cache_type: &str,
+    amplify_io: u64,
+) -> PathBuf {
+    let p = dir.join(format!("config-{cache_type}-{amplify_io}.json"));
     let cfg = serde_json::json!({
         "device": {"backend": {"type": "localfs", "config": {"dir": blobs}},
                    "cache": {"type": cache_type, "config": {"work_dir": cache}}},
         "mode": "direct", "digest_validate": false, "iostats_files": true, "enable_xattr": true,
-        "access_pattern": true, "latest_read_files": true,
+        "access_pattern": true, "latest_read_files": true, "amplify_io": amplify_io,
     });
     std::fs::write(&p, cfg.to_string()).unwrap();
     p
@@ -228,7 +239,8 @@ fn reads_are_lazy_and_a_warm_cache_needs_no_backend() {
     let (boot, blobs) = (t.path().join("boot"), t.path().join("blobs"));
     strata(&["image", "create", "-B", s(&boot), "-D", s(&blobs), s(&src)]);
     let cache = t.path().join("cache");
-    let cfg = localfs_v1_config(t.path(), &blobs, &cache, "blobcache");
+    // No read amplification: exactly the chunks a read touches are fetched.
+    let cfg = config_with(t.path(), &blobs, &cache, "blobcache", 0);
     let mnt = t.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let sock = t.path().join("api.sock");
@@ -481,4 +493,51 @@ fn api_pseudo_mounts_and_malformed_requests() {
     d.child = None;
     assert!(status.success());
     assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn read_ahead_fetches_the_next_chunks_in_the_background() {
+    if !require_root("read_ahead_fetches_the_next_chunks_in_the_background", "FUSE mount") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let big = pseudo_random(8 << 20, 9);
+    write_file(&src.join("big.bin"), &big);
+    let (boot, blobs) = (t.path().join("boot"), t.path().join("blobs"));
+    strata(&["image", "create", "-B", s(&boot), "-D", s(&blobs), s(&src)]);
+    // amplify_io 2 MiB = the two chunks after each read.
+    let cfg = config_with(t.path(), &blobs, &t.path().join("cache"), "blobcache", 2 << 20);
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let d = Daemon::start(
+        &["--config", s(&cfg), "--bootstrap", s(&boot)],
+        &mnt,
+        &t.path().join("api.sock"),
+    );
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(mnt.join("big.bin")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    f.read_exact_at(&mut buf, 3 << 20).unwrap();
+    assert_eq!(buf, big[3 << 20..(3 << 20) + 4096]);
+    // Chunks 4 and 5 arrive without being read; never more than the 3.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = d.api("GET", "/api/v1/metrics/backend");
+        let n = m["read_count"].as_u64().unwrap();
+        assert!(n <= 3, "read-ahead fetched more than amplify_io allows: {m}");
+        if n == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "read-ahead did not fetch chunks 4 and 5: {m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Reading them now is served from the cache.
+    let mut rest = vec![0u8; 2 << 20];
+    f.read_exact_at(&mut rest, 4 << 20).unwrap();
+    assert_eq!(rest, big[4 << 20..6 << 20]);
+    let (_, m) = d.api("GET", "/api/v1/metrics/backend");
+    assert!(m["read_count"].as_u64().unwrap() <= 5, "{m}");
+    let (_, bc) = d.api("GET", "/api/v1/metrics/blobcache");
+    assert!(bc["whole_hits"].as_u64().unwrap() >= 1, "{bc}");
 }

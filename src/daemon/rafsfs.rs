@@ -25,7 +25,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::api::BackendFileSystem;
 
 use super::metrics::{Events, Fop, FsMetrics};
-use crate::rafs::chunk::ChunkReader;
+use crate::rafs::chunk::{ChunkReader, ChunkRef};
 use crate::rafs::layout::{file_type, sb_flags};
 use crate::rafs::reader::{Image, Inode, ReadError};
 
@@ -40,10 +40,59 @@ pub fn to_errno(e: &ReadError) -> io::Error {
     })
 }
 
+/// Read-ahead worker threads per mounted image.
+pub const READAHEAD_THREADS: usize = 2;
+/// Read-ahead requests queued at most; more are dropped (a reader never waits for read-ahead).
+const READAHEAD_QUEUE: usize = 64;
+
+/// Background fetches of the chunks after the one a read touched, so a sequential reader finds
+/// them ready instead of waiting for each fetch in turn. The cache's single-flight map makes a
+/// reader that arrives while its chunk is being read ahead wait for that fetch, not start
+/// another.
+struct ReadAhead {
+    tx: std::sync::mpsc::SyncSender<ChunkRef>,
+    chunks: u64,
+}
+
+impl ReadAhead {
+    fn start(src: Arc<dyn ChunkReader>, chunks: u64, events: Arc<Events>) -> Option<Self> {
+        if chunks == 0 {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ChunkRef>(READAHEAD_QUEUE);
+        let rx = Arc::new(parking_lot::Mutex::new(rx));
+        for i in 0..READAHEAD_THREADS {
+            let (rx, src, events) = (rx.clone(), src.clone(), events.clone());
+            let spawned = std::thread::Builder::new().name(format!("strata-readahead-{i}")).spawn(
+                move || {
+                    // Ends when the filesystem (and with it the sender) is dropped.
+                    loop {
+                        let next = rx.lock().recv();
+                        let Ok(c) = next else { break };
+                        if !src.is_cached(&c) {
+                            if let Err(e) = src.read_chunk(&c) {
+                                events.error(format!(
+                                    "read-ahead of chunk {} of blob {}: {e}",
+                                    c.index, c.blob_index
+                                ));
+                            }
+                        }
+                    }
+                },
+            );
+            if spawned.is_err() {
+                return None;
+            }
+        }
+        Some(Self { tx, chunks })
+    }
+}
+
 /// A mounted RAFS image.
 pub struct RafsFs {
     image: Arc<Image>,
     chunks: Arc<dyn ChunkReader>,
+    readahead: Option<ReadAhead>,
     metrics: Arc<FsMetrics>,
     events: Arc<Events>,
     xattr: bool,
@@ -52,18 +101,43 @@ pub struct RafsFs {
 }
 
 impl RafsFs {
-    /// Serve `image`, reading chunk data through `chunks`.
+    /// Serve `image`, reading chunk data through `chunks`. `amplify_io` bytes after each read
+    /// are fetched in the background (nydusd's read amplification; 0 disables it).
     pub fn new(
         image: Arc<Image>,
         chunks: Arc<dyn ChunkReader>,
         metrics: Arc<FsMetrics>,
         events: Arc<Events>,
         xattr: bool,
+        amplify_io: u64,
     ) -> Self {
         let explicit = image.ext.as_ref().is_none_or(|e| e.flags & sb_flags::EXPLICIT_UID_GID != 0);
         let owner =
             (!explicit).then(|| (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()));
-        Self { image, chunks, metrics, events, xattr, owner }
+        let cs = u64::from(image.chunk_size);
+        let ahead = if cs == 0 { 0 } else { amplify_io.div_ceil(cs) };
+        let readahead = ReadAhead::start(chunks.clone(), ahead, events.clone());
+        Self { image, chunks, readahead, metrics, events, xattr, owner }
+    }
+
+    /// Queue the chunks after the one holding byte `end - 1` of `inode`.
+    fn read_ahead(&self, inode: &Inode, end: u64) {
+        let Some(ra) = &self.readahead else { return };
+        let cs = u64::from(self.image.chunk_size);
+        if cs == 0 || end == 0 || end >= inode.disk.size {
+            return;
+        }
+        let next = (end - 1) / cs + 1;
+        let Ok(list) = self.image.chunk_range(inode, next, ra.chunks) else { return };
+        for c in list.into_iter().flatten() {
+            if self.chunks.is_cached(&c) {
+                continue;
+            }
+            // Full queue: drop it; read-ahead must never hold up a reader.
+            if ra.tx.try_send(c).is_err() {
+                break;
+            }
+        }
     }
 
     /// The image served.
@@ -267,6 +341,7 @@ impl FileSystem for RafsFs {
                 .image
                 .read(&i, offset, u64::from(size), self.chunks.as_ref())
                 .map_err(|e| self.fail(format!("read inode {inode} at {offset}+{size}"), &e))?;
+            self.read_ahead(&i, offset + data.len() as u64);
             w.write_all(&data)?;
             Ok(data.len())
         });

@@ -59,6 +59,13 @@ fn is_mountpoint(path: &Path) -> Result<bool> {
 }
 
 fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
+    // Signals are handled by one thread; block them before any other thread exists (mounting
+    // an image starts read-ahead threads, which inherit this mask).
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        sigs.add(s);
+    }
+    sigs.thread_block().context("blocking signals")?;
     let cli = Cli::parse_from(args);
     let (g, f) = resolve(cli)?;
     let level = super::log::Level::parse(&g.log_level).with_context(|| {
@@ -142,13 +149,6 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
         let c = config.clone().context("--bootstrap needs --config or --localfs-dir")?;
         daemon.mount_instance(&f.virtual_mountpoint, b, c)?;
     }
-
-    // Signals are handled by one thread; block them before any other thread exists.
-    let mut sigs = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        sigs.add(s);
-    }
-    sigs.thread_block().context("blocking signals")?;
 
     let serving = Serving::mount(&mountpoint, daemon.vfs(), f.fuse_threads, {
         let tx = stop_tx.clone();

@@ -152,8 +152,14 @@ impl Instance {
             latest: config.rafs.latest_read_files,
         };
         let metrics = Arc::new(FsMetrics::new(id, recorders));
-        let fs =
-            RafsFs::new(image.clone(), reader, metrics.clone(), events, config.rafs.enable_xattr);
+        let fs = RafsFs::new(
+            image.clone(),
+            reader,
+            metrics.clone(),
+            events,
+            config.rafs.enable_xattr,
+            config.rafs.amplify_io,
+        );
         Ok((
             Self { bootstrap: bootstrap.to_path_buf(), image, config, backend, cache, metrics },
             fs,

@@ -182,6 +182,12 @@ pub trait ChunkReader: Send + Sync {
     /// Bytes of `chunk`.
     fn read_chunk(&self, chunk: &ChunkRef) -> Result<std::sync::Arc<Vec<u8>>, ChunkError>;
 
+    /// True when `chunk` can be served without a backend fetch (a cache hit). The default says
+    /// no, which only costs a redundant read-ahead.
+    fn is_cached(&self, _chunk: &ChunkRef) -> bool {
+        false
+    }
+
     /// Bytes `[offset, offset+len)` of `chunk` (clipped to the chunk). The default reads the
     /// whole chunk; a cache that holds chunks uncompressed overrides it to read only the range.
     fn read_chunk_range(

@@ -550,6 +550,10 @@ impl ChunkCache {
 }
 
 impl ChunkReader for ChunkCache {
+    fn is_cached(&self, chunk: &ChunkRef) -> bool {
+        self.blobs.get(chunk.blob_index as usize).is_some_and(|b| b.is_ready(chunk.index))
+    }
+
     fn read_chunk_range(
         &self,
         chunk: &ChunkRef,
