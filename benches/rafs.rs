@@ -169,6 +169,11 @@ fn lookup_image() -> LookupImage {
     let boot = dir.path().join("bootstrap");
     std::fs::write(&boot, bytes).expect("write bootstrap");
     let img = Image::open(&boot).expect("open bootstrap");
+    eprintln!(
+        "lookup image: {} byte bootstrap, {} chunks in the chunk table",
+        img.size(),
+        img.chunk_count()
+    );
 
     let backend = Arc::new(LocalFs::new(&blobs));
     let cache =
@@ -287,6 +292,14 @@ fn bench_build(c: &mut Criterion) {
         std::fs::create_dir_all(&blobs).expect("blob dir");
         // Default (1 MiB) chunks, as `strata image create` uses.
         let opts = options(ImageConfig::default().chunk_size, compressor, &blobs);
+        let once = build_dir(&src, None, &opts).expect("build");
+        eprintln!(
+            "build_dir_32MiB/{}: {} source bytes -> {} bytes of chunk data in the blob ({:.3})",
+            compressor.name(),
+            total,
+            once.stats.blob_data_bytes,
+            once.stats.blob_data_bytes as f64 / total as f64
+        );
         g.bench_with_input(
             BenchmarkId::new("build_dir_32MiB", compressor.name()),
             &opts,
