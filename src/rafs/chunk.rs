@@ -196,11 +196,15 @@ pub trait ChunkReader: Send + Sync {
         offset: u32,
         len: u32,
     ) -> Result<Vec<u8>, ChunkError> {
-        let all = self.read_chunk(chunk)?;
-        let from = (offset as usize).min(all.len());
-        let to = from.saturating_add(len as usize).min(all.len());
-        Ok(all[from..to].to_vec())
+        Ok(clip(&self.read_chunk(chunk)?, offset, len).to_vec())
     }
+}
+
+/// `bytes[offset..offset+len]`, clipped to `bytes`.
+pub fn clip(bytes: &[u8], offset: u32, len: u32) -> &[u8] {
+    let from = (offset as usize).min(bytes.len());
+    let to = from.saturating_add(len as usize).min(bytes.len());
+    &bytes[from..to]
 }
 
 #[cfg(test)]

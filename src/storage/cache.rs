@@ -583,10 +583,7 @@ impl ChunkReader for ChunkCache {
                 }
             }
         }
-        let all = self.read_chunk(chunk)?;
-        let from = (offset as usize).min(all.len());
-        let to = from.saturating_add(len as usize).min(all.len());
-        Ok(all[from..to].to_vec())
+        Ok(crate::rafs::chunk::clip(&self.read_chunk(chunk)?, offset, len).to_vec())
     }
 
     fn read_chunk(&self, chunk: &ChunkRef) -> Result<Arc<Vec<u8>>, ChunkError> {
