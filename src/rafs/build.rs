@@ -25,7 +25,9 @@ use super::merge::{apply_layer, strip_whiteouts, MergeError, WhiteoutSpec};
 use super::tree::{ImageConfig, InodeId, Node, NodeKind, Tree, TreeError};
 
 /// Chunk bytes held in memory at most, per batch.
-pub const BATCH_BYTES: usize = 64 << 20;
+pub const BATCH_BYTES: usize = 32 << 20;
+/// Chunk bytes read ahead of the batch being compressed (directory sources).
+pub const READ_AHEAD_BYTES: usize = 16 << 20;
 
 /// Errors of building an image.
 #[derive(Debug, thiserror::Error)]
@@ -416,26 +418,60 @@ pub fn build_dir(
     let first: HashSet<InodeId> = order.iter().copied().collect();
     order.extend(files_under(&tree, &[tree.root]).into_iter().filter(|i| !first.contains(i)));
     let mut pipe = start_pipeline(parent.as_ref(), opts, Some(total))?;
-    let cs = opts.config.chunk_size as usize;
-    for id in order {
-        let Some(path) = data_paths.get(&id) else { continue };
-        let size = tree.nodes[id].size;
-        let f = File::open(path).map_err(source_err(path))?;
-        pipe.stats.files += 1;
-        let mut off = 0u64;
-        let mut idx = 0;
-        while off < size {
-            let n = (size - off).min(cs as u64) as usize;
-            let mut buf = vec![0u8; n];
-            f.read_exact_at(&mut buf, off).map_err(|e| BuildError::Source {
-                path: path.display().to_string(),
-                source: std::io::Error::new(e.kind(), format!("file shrank while building: {e}")),
-            })?;
+    let cs = opts.config.chunk_size as u64;
+    // Files are read on their own thread into a bounded queue, so disk reads overlap the
+    // digest/compress/append of the previous batch; at most READ_AHEAD_BYTES wait in the queue.
+    let jobs: Vec<(InodeId, PathBuf, u64)> = order
+        .into_iter()
+        .filter_map(|id| data_paths.remove(&id).map(|p| (id, p, tree.nodes[id].size)))
+        .collect();
+    let depth = (READ_AHEAD_BYTES / cs as usize).max(2);
+    let (tx, rx) =
+        std::sync::mpsc::sync_channel::<Result<(InodeId, usize, Vec<u8>), BuildError>>(depth);
+    std::thread::scope(|scope| -> Result<(), BuildError> {
+        scope.spawn(move || {
+            for (id, path, size) in jobs {
+                let f = match File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = tx.send(Err(source_err(&path)(e)));
+                        return;
+                    }
+                };
+                let (mut off, mut idx) = (0u64, 0usize);
+                while off < size {
+                    let n = (size - off).min(cs) as usize;
+                    let mut buf = vec![0u8; n];
+                    if let Err(e) = f.read_exact_at(&mut buf, off) {
+                        let _ = tx.send(Err(BuildError::Source {
+                            path: path.display().to_string(),
+                            source: std::io::Error::new(
+                                e.kind(),
+                                format!("file shrank while building: {e}"),
+                            ),
+                        }));
+                        return;
+                    }
+                    // The receiver stops early only on an error; then there is nothing to do.
+                    if tx.send(Ok((id, idx, buf))).is_err() {
+                        return;
+                    }
+                    off += n as u64;
+                    idx += 1;
+                }
+            }
+        });
+        let mut last = None;
+        for item in rx {
+            let (id, idx, buf) = item?;
+            if last != Some(id) {
+                pipe.stats.files += 1;
+                last = Some(id);
+            }
             pipe.push(&mut tree, id, idx, buf)?;
-            off += n as u64;
-            idx += 1;
         }
-    }
+        Ok(())
+    })?;
     let prefetch = tree.prefetch.clone();
     let mut out = finish(pipe, tree, parent, opts)?;
     if out.tree.prefetch.is_empty() && !prefetch.is_empty() {
