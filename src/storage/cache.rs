@@ -47,6 +47,8 @@ pub const CHUNK_MAP_VERSION: u32 = 1;
 pub const CHUNK_MAP_HEADER_SIZE: usize = 4096;
 /// The cache flushes a blob after this many of its chunks became ready since the last flush.
 pub const AUTO_FLUSH_EVERY: u32 = 64;
+/// Auto-flushes of one cache run at most this often (explicit flushes and drop are immediate).
+pub const MIN_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a reader needs to know about one blob of the blob table, checked once.
 #[derive(Debug)]
@@ -372,10 +374,13 @@ impl Drop for Leader<'_> {
 pub struct ChunkCache {
     work_dir: PathBuf,
     backend: Arc<dyn BlobBackend>,
-    blobs: Vec<CachedBlob>,
+    blobs: Vec<Arc<CachedBlob>>,
     validate: bool,
     inflight: InFlight,
-    counters: Counters,
+    counters: Arc<Counters>,
+    /// Auto-flushes run on this thread, off the path of the reader that made them due (a
+    /// flush syncs the data file: tens of ms a reader should not wait for).
+    flusher: Option<(std::sync::mpsc::Sender<Arc<CachedBlob>>, std::thread::JoinHandle<()>)>,
 }
 
 impl fmt::Debug for ChunkCache {
@@ -415,15 +420,55 @@ impl ChunkCache {
                 });
             }
             seen.insert(&entry.blob_id, i);
-            cached.push(CachedBlob::open(work_dir, info)?);
+            cached.push(Arc::new(CachedBlob::open(work_dir, info)?));
         }
+        let counters = Arc::new(Counters::default());
+        let flusher = {
+            let (tx, rx) = std::sync::mpsc::channel::<Arc<CachedBlob>>();
+            let (dir, counters) = (work_dir.to_path_buf(), Arc::clone(&counters));
+            std::thread::Builder::new()
+                .name("strata-cache-flush".into())
+                .spawn(move || {
+                    // Auto-flushes are coalesced to one per MIN_FLUSH_INTERVAL: each syncs
+                    // the data file, whose I/O competes with cold reads, and a lost bit only
+                    // costs a refetch after a crash. Drop and `flush()` are not delayed.
+                    let mut last = std::time::Instant::now() - MIN_FLUSH_INTERVAL;
+                    while let Ok(first) = rx.recv() {
+                        let wait = MIN_FLUSH_INTERVAL.saturating_sub(last.elapsed());
+                        let mut due = vec![first];
+                        // Gather requests arriving during the pause; a closed channel (the
+                        // cache is dropping) ends the pause at once.
+                        let until = std::time::Instant::now() + wait;
+                        loop {
+                            let left = until.saturating_duration_since(std::time::Instant::now());
+                            match rx.recv_timeout(left) {
+                                Ok(b) => due.push(b),
+                                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                            }
+                        }
+                        due.sort_by_key(|b| Arc::as_ptr(b) as usize);
+                        due.dedup_by_key(|b| Arc::as_ptr(b) as usize);
+                        for blob in due {
+                            if flush_blob(&dir, &blob).is_err() {
+                                // The bits stay set in memory; the next flush retries.
+                                bump(&counters.cache_io_errors, 1);
+                            }
+                        }
+                        last = std::time::Instant::now();
+                    }
+                })
+                .ok()
+                .map(|h| (tx, h))
+        };
         Ok(Self {
             work_dir: work_dir.to_path_buf(),
             backend,
             blobs: cached,
             validate,
             inflight: Mutex::new(HashMap::new()),
-            counters: Counters::default(),
+            counters,
+            flusher,
         })
     }
 
@@ -479,24 +524,39 @@ impl ChunkCache {
     }
 
     fn flush_blob(&self, blob: &CachedBlob) -> Result<(), StorageError> {
-        let mut flushed = blob.flushed.lock();
-        // Snapshot first, sync second: every bit in the snapshot was set after its chunk's
-        // write returned, so the sync below covers all of them. (Snapshotting after the sync
-        // could capture a chunk written after it.)
-        let (bits, generation) = {
-            let mut state = blob.state.lock();
-            state.since_flush = 0;
-            (state.bits.clone(), state.generation)
-        };
-        if generation == *flushed {
-            return Ok(());
-        }
-        blob.data.sync_data().map_err(cache_io("sync", &blob.data_path))?;
-        write_chunk_map(&self.work_dir, &blob.map_path, blob.info.chunk_count, &bits)?;
-        *flushed = generation;
-        Ok(())
+        flush_blob(&self.work_dir, blob)
     }
 
+    /// Flush `blob` on the flusher thread (inline if there is none).
+    fn flush_in_background(&self, blob: &Arc<CachedBlob>) {
+        let queued = self.flusher.as_ref().is_some_and(|(tx, _)| tx.send(Arc::clone(blob)).is_ok());
+        if !queued && self.flush_blob(blob).is_err() {
+            bump(&self.counters.cache_io_errors, 1);
+        }
+    }
+}
+
+/// Make one blob's readiness durable (see [`ChunkCache::flush`]).
+fn flush_blob(work_dir: &Path, blob: &CachedBlob) -> Result<(), StorageError> {
+    let mut flushed = blob.flushed.lock();
+    // Snapshot first, sync second: every bit in the snapshot was set after its chunk's
+    // write returned, so the sync below covers all of them. (Snapshotting after the sync
+    // could capture a chunk written after it.)
+    let (bits, generation) = {
+        let mut state = blob.state.lock();
+        state.since_flush = 0;
+        (state.bits.clone(), state.generation)
+    };
+    if generation == *flushed {
+        return Ok(());
+    }
+    blob.data.sync_data().map_err(cache_io("sync", &blob.data_path))?;
+    write_chunk_map(work_dir, &blob.map_path, blob.info.chunk_count, &bits)?;
+    *flushed = generation;
+    Ok(())
+}
+
+impl ChunkCache {
     /// The cached bytes of a ready chunk; `None` (and the chunk no longer ready) when they
     /// cannot be read or, with `validate`, do not verify.
     fn try_hit(&self, blob: &CachedBlob, chunk: &ChunkRef) -> Option<Arc<Vec<u8>>> {
@@ -631,9 +691,8 @@ impl ChunkReader for ChunkCache {
                 Ok(bytes) => Ok(Arc::clone(bytes)),
                 Err(e) => Err(e.to_string()),
             });
-            if flush_due && self.flush_blob(blob).is_err() {
-                // The bits stay set in memory; the next flush retries.
-                bump(&self.counters.cache_io_errors, 1);
+            if flush_due {
+                self.flush_in_background(blob);
             }
             return result;
         }
@@ -642,7 +701,12 @@ impl ChunkReader for ChunkCache {
 
 impl Drop for ChunkCache {
     fn drop(&mut self) {
-        // Errors are counted but cannot be reported; losing them only loses cache state.
+        // Let queued auto-flushes finish, then flush what is left. Errors are counted but
+        // cannot be reported; losing them only loses cache state.
+        if let Some((tx, handle)) = self.flusher.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
         let _ = self.flush();
     }
 }
@@ -1174,6 +1238,12 @@ mod tests {
         cache.read_chunk(&fx.chunks[0]).unwrap();
         assert!(!fx.map_path().exists());
         cache.read_chunk(&fx.chunks[63]).unwrap();
+        // The 64th new chunk queues a flush on the flusher thread, off the reader's path.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !fx.map_path().exists() {
+            assert!(std::time::Instant::now() < deadline, "no flush after 64 new chunks");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let bits = map_bits();
         assert_eq!(bits.iter().map(|b| b.count_ones()).sum::<u32>(), 64);
         assert_eq!(&bits[..8], &[0xff; 8]);
