@@ -15,3 +15,45 @@ fn demo_runs_and_reads_everything_back() {
         assert!(v["fuse_files_read"].is_null());
     }
 }
+
+/// Scripts written for nydus-image run unchanged against strata invoked under that name.
+#[test]
+fn invoked_as_nydus_image_it_takes_nydus_image_arguments() {
+    let t = tempfile::tempdir().unwrap();
+    let bin = t.path().join("nydus-image");
+    std::os::unix::fs::symlink(common::strata_bin(), &bin).unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    std::fs::write(src.join("a/f"), b"hello").unwrap();
+    let run = |args: &[&str]| {
+        let out =
+            std::process::Command::new(&bin).args(args).current_dir(t.path()).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    run(&[
+        "create",
+        "--fs-version",
+        "6",
+        "--compressor",
+        "lz4_block",
+        "--digester",
+        "sha256",
+        "-B",
+        "boot",
+        "-D",
+        "blobs",
+        "src",
+    ]);
+    run(&["check", "-B", "boot", "-D", "blobs", "--output-json", "check.json"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.path().join("check.json")).unwrap()).unwrap();
+    assert_eq!(v["files"], 1);
+    assert_eq!(v["chunks_verified"], 1);
+    // Without the name, `create` is not a strata command.
+    let out = std::process::Command::new(common::strata_bin())
+        .args(["create", "-B", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
