@@ -217,7 +217,10 @@ impl BlobWriter {
             section("blob.meta.header", header_offset, &header),
             section("blob.digest", digest_offset, &digests),
         ];
-        let toc_offset = self.pos;
+        // The ToC is found from the end of the blob. Starting it on a 512-byte boundary makes
+        // the blob a whole number of sectors (4 entries x 128 B), so losetup takes all of it.
+        let toc_offset = l::align_up(self.pos, 512);
+        self.pad_to(toc_offset)?;
         let toc_size = (toc_entries.len() + 1) * l::TOC_ENTRY_SIZE;
         // The ToC lists itself last, without a digest (it cannot contain its own).
         toc_entries.push(l::TocEntry {
