@@ -432,9 +432,13 @@ impl ChunkCache {
                     // Auto-flushes are coalesced to one per MIN_FLUSH_INTERVAL: each syncs
                     // the data file, whose I/O competes with cold reads, and a lost bit only
                     // costs a refetch after a crash. Drop and `flush()` are not delayed.
-                    let mut last = std::time::Instant::now() - MIN_FLUSH_INTERVAL;
+                    // No subtraction from Instant::now(): that panics on a clock younger than
+                    // the interval (a daemon started right after boot).
+                    let mut last: Option<std::time::Instant> = None;
                     while let Ok(first) = rx.recv() {
-                        let wait = MIN_FLUSH_INTERVAL.saturating_sub(last.elapsed());
+                        let wait = last.map_or(std::time::Duration::ZERO, |l| {
+                            MIN_FLUSH_INTERVAL.saturating_sub(l.elapsed())
+                        });
                         let mut due = vec![first];
                         // Gather requests arriving during the pause; a closed channel (the
                         // cache is dropping) ends the pause at once.
@@ -455,7 +459,7 @@ impl ChunkCache {
                                 bump(&counters.cache_io_errors, 1);
                             }
                         }
-                        last = std::time::Instant::now();
+                        last = Some(std::time::Instant::now());
                     }
                 })
                 .ok()
