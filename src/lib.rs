@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod overlay;
 pub mod rafs;
 pub mod storage;
 pub mod sys;

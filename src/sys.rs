@@ -43,3 +43,171 @@ pub fn zeroed_statvfs64() -> libc::statvfs64 {
     // SAFETY: statvfs64 is a plain C struct of integers; all-zero is a valid value of each field.
     unsafe { std::mem::zeroed() }
 }
+
+/// An opaque kernel file handle (`struct file_handle`): names an inode of one filesystem
+/// without holding it open, and survives renames (`name_to_handle_at(2)`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileHandle {
+    handle_type: i32,
+    bytes: Box<[u8]>,
+}
+
+/// The largest handle the kernel hands out (MAX_HANDLE_SZ).
+const MAX_HANDLE_SZ: usize = 128;
+
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+fn cstring(name: &[u8]) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The handle of `name` in directory `dirfd` (an empty name means `dirfd` itself); symlinks are
+/// not followed.
+pub fn name_to_handle_at(dirfd: i32, name: &[u8]) -> std::io::Result<FileHandle> {
+    let c = cstring(name)?;
+    let mut raw = RawHandle {
+        handle_bytes: MAX_HANDLE_SZ as u32,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    let flags = if name.is_empty() { libc::AT_EMPTY_PATH } else { 0 };
+    // SAFETY: `raw` is a properly sized, writable file_handle with handle_bytes set to its
+    // capacity; `c` is NUL-terminated; mount_id is a valid out pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            dirfd,
+            c.as_ptr(),
+            &mut raw as *mut RawHandle,
+            &mut mount_id as *mut libc::c_int,
+            flags,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let n = (raw.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok(FileHandle { handle_type: raw.handle_type, bytes: raw.f_handle[..n].into() })
+}
+
+/// Open the inode `handle` names on the filesystem of `mount_fd` (needs CAP_DAC_READ_SEARCH).
+pub fn open_by_handle_at(
+    mount_fd: i32,
+    handle: &FileHandle,
+    flags: i32,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut raw = RawHandle {
+        handle_bytes: handle.bytes.len() as u32,
+        handle_type: handle.handle_type,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    raw.f_handle[..handle.bytes.len()].copy_from_slice(&handle.bytes);
+    // SAFETY: `raw` is a valid file_handle whose handle_bytes matches the copied bytes.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd,
+            &mut raw as *mut RawHandle,
+            flags | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new file descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Run `op` with a `&mut File` view of a shared `file` (fuse-backend-rs' zero-copy I/O wants
+/// `&mut File`; positioned reads and writes do not need exclusive access).
+pub fn with_file_mut<R>(file: &File, op: impl FnOnce(&mut File) -> R) -> R {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: the File is wrapped in ManuallyDrop, so the fd is never closed through it; it
+    // does not outlive `file`, which keeps the descriptor open for the duration of `op`.
+    let mut view = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(file.as_raw_fd()) });
+    op(&mut view)
+}
+
+/// `utimensat(dirfd, name, times, AT_SYMLINK_NOFOLLOW)` with raw timespecs, so UTIME_NOW and
+/// UTIME_OMIT can be passed (an empty name with AT_EMPTY_PATH means `dirfd` itself).
+pub fn utimensat(dirfd: i32, name: &[u8], times: [libc::timespec; 2]) -> std::io::Result<()> {
+    let c = cstring(name)?;
+    let flags = if name.is_empty() { libc::AT_EMPTY_PATH } else { libc::AT_SYMLINK_NOFOLLOW };
+    // SAFETY: `c` is NUL-terminated and `times` is an array of two timespecs.
+    let r = unsafe { libc::utimensat(dirfd, c.as_ptr(), times.as_ptr(), flags) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)` (an empty name means `dirfd` itself, which may
+/// be an O_PATH descriptor).
+pub fn fstatat(dirfd: i32, name: &[u8]) -> std::io::Result<libc::stat64> {
+    let c = cstring(name)?;
+    let flags = libc::AT_SYMLINK_NOFOLLOW | if name.is_empty() { libc::AT_EMPTY_PATH } else { 0 };
+    let mut st = zeroed_stat64();
+    // SAFETY: `c` is NUL-terminated and `st` is a writable stat64.
+    let r = unsafe { libc::fstatat64(dirfd, c.as_ptr(), &mut st, flags) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// `fstatvfs64` of an open descriptor.
+pub fn fstatvfs(fd: i32) -> std::io::Result<libc::statvfs64> {
+    let mut st = zeroed_statvfs64();
+    // SAFETY: `st` is a writable statvfs64.
+    let r = unsafe { libc::fstatvfs64(fd, &mut st) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// Set the process umask (the overlay creates files with exactly the modes the kernel passed).
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask) }
+}
+
+/// `setxattr(path, name, value, flags)` with the caller's XATTR_CREATE / XATTR_REPLACE flags;
+/// `follow` follows a final symlink (`/proc/self/fd/N` paths need it), otherwise `lsetxattr`.
+pub fn lsetxattr(
+    path: &[u8],
+    name: &[u8],
+    value: &[u8],
+    flags: i32,
+    follow: bool,
+) -> std::io::Result<()> {
+    let (p, n) = (cstring(path)?, cstring(name)?);
+    let (v, len) = (value.as_ptr().cast(), value.len());
+    // SAFETY: both strings are NUL-terminated; value is a valid slice of value.len() bytes.
+    let r = unsafe {
+        if follow {
+            libc::setxattr(p.as_ptr(), n.as_ptr(), v, len, flags)
+        } else {
+            libc::lsetxattr(p.as_ptr(), n.as_ptr(), v, len, flags)
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Take ownership of a descriptor a syscall wrapper returned as a raw fd.
+pub fn owned_fd(fd: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: callers pass a descriptor that was just returned to them and that nothing else
+    // owns or closes.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}

@@ -223,7 +223,13 @@ fn serve_and_read(
     let mut cfg = crate::daemon::config::DaemonConfig::localfs(blobs.to_path_buf());
     cfg.cache.work_dir = work.join("fuse-cache");
     daemon.mount_instance("/", boot, cfg)?;
-    let serving = crate::daemon::run::Serving::mount(&mnt, daemon.vfs(), 2, || {})?;
+    let serving = crate::daemon::run::Serving::mount(
+        &mnt,
+        daemon.vfs(),
+        2,
+        crate::daemon::run::Kind::ReadOnly,
+        || {},
+    )?;
     let result = (|| -> Result<(usize, usize)> {
         let mut bytes = 0;
         let files = sample_files();

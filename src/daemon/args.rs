@@ -25,6 +25,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Serve over FUSE (the default).
     Fuse(Box<FuseCmd>),
+    /// Serve a writable overlay of plain directories (the options `mount -t overlay` takes).
+    Overlay(Box<OverlayCmd>),
     /// nydusd's shared fscache/FUSE daemon (not built).
     Singleton(Unbuilt),
     /// virtio-fs (not built).
@@ -40,6 +42,43 @@ pub struct FuseCmd {
     /// FUSE options.
     #[command(flatten)]
     pub fuse: FuseArgs,
+}
+
+/// `overlay` subcommand: `--lowerdir=A:B --upperdir=U --workdir=W --mountpoint=M`, or the same
+/// keys in `-o lowerdir=A:B,upperdir=U,workdir=W`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct OverlayCmd {
+    /// Daemon options.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// Lower directories, colon-separated, top first (a RAFS bootstrap file works too).
+    #[arg(long)]
+    pub lowerdir: Option<String>,
+    /// Writable upper directory.
+    #[arg(long)]
+    pub upperdir: Option<std::path::PathBuf>,
+    /// Work directory on the upper's filesystem.
+    #[arg(long)]
+    pub workdir: Option<std::path::PathBuf>,
+    /// Mount point.
+    #[arg(short = 'M', long)]
+    pub mountpoint: Option<std::path::PathBuf>,
+    /// Blob directory for RAFS bootstraps given in --lowerdir.
+    #[arg(short = 'D', long)]
+    pub localfs_dir: Option<std::path::PathBuf>,
+    /// Mount source shown in the mount table.
+    #[arg(long, default_value = "strata")]
+    pub fsname: String,
+    /// FUSE worker threads.
+    #[arg(long, alias = "thread-num", default_value_t = 4)]
+    pub fuse_threads: usize,
+    /// Do not fsync copied-up files (kernel overlayfs's `volatile`; faster, not crash-safe
+    /// against power loss).
+    #[arg(long)]
+    pub volatile: bool,
+    /// mount(8)-style options (lowerdir=, upperdir=, workdir=, volatile; others are ignored).
+    #[arg(short = 'o')]
+    pub options: Vec<String>,
 }
 
 /// Arguments of a subcommand we do not serve: accepted so the error can say so clearly.

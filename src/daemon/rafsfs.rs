@@ -140,6 +140,11 @@ impl RafsFs {
         }
     }
 
+    /// The chunk reader file data goes through.
+    pub fn chunk_reader(&self) -> Arc<dyn ChunkReader> {
+        self.chunks.clone()
+    }
+
     /// The image served.
     pub fn image(&self) -> &Arc<Image> {
         &self.image

@@ -9,13 +9,15 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::api::Vfs;
 use fuse_backend_rs::transport::FuseSession;
 use nix::sys::signal::{SigSet, Signal};
 
-use super::args::{Cli, Cmd, FuseArgs, GlobalArgs};
+use super::args::{Cli, Cmd, FuseArgs, GlobalArgs, OverlayCmd};
 use super::config::{self, DaemonConfig};
 use super::service::{Daemon, State};
+use crate::overlay::layer::RafsLayer;
+use crate::overlay::{OverlayFs, OverlayOptions};
+use fuse_backend_rs::api::filesystem::FileSystem;
 
 /// Why the daemon stops.
 enum Stop {
@@ -42,6 +44,7 @@ fn resolve(cli: Cli) -> Result<(GlobalArgs, FuseArgs)> {
             let f = *f;
             Ok((f.global, f.fuse))
         }
+        Some(Cmd::Overlay(_)) => unreachable!("handled before"),
         Some(Cmd::Singleton(_)) => {
             bail!("the singleton subcommand (shared fscache daemon) is not built; use fuse")
         }
@@ -66,68 +69,27 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
         sigs.add(s);
     }
     sigs.thread_block().context("blocking signals")?;
-    let cli = Cli::parse_from(args);
+    let mut cli = Cli::parse_from(args);
+    if let Some(Cmd::Overlay(o)) = cli.cmd.take() {
+        return run_overlay(*o, sigs);
+    }
     let (g, f) = resolve(cli)?;
-    let level = super::log::Level::parse(&g.log_level).with_context(|| {
-        format!("--log-level {:?}: expected trace, debug, info, warn or error", g.log_level)
-    })?;
-    super::log::set_level(level);
-    if let Some(p) = &g.log_file {
-        super::log::set_file(p).with_context(|| format!("--log-file {}", p.display()))?;
-    }
-    // Flags whose feature changes what is served fail; operational ones are accepted with a
-    // warning that says they have no effect yet. None is ignored silently.
-    if g.upgrade {
-        bail!("--upgrade: hot upgrade/takeover is not built yet");
-    }
-    if f.writable {
-        bail!("--writable: the writable overlay is not built yet");
-    }
+    setup_logging(&g)?;
+    check_global(&g)?;
+
     if f.shared_dir.is_some() {
         bail!("--shared-dir: passthroughfs is not built; stratad serves RAFS bootstraps");
     }
     if f.prefetch_files.is_some() {
         bail!("--prefetch-files: prefetch is not built yet");
     }
-    if let Some(s) = &g.supervisor {
-        log_warn!(
-            "--supervisor {}: failover is not built yet; sendfd/takeover are refused",
-            s.display()
-        );
-    }
     if let Some(p) = f.failover_policy {
         log_warn!("--failover-policy {p:?}: failover is not built yet; it has no effect");
     }
-    if g.log_rotation_size > 0 {
-        log_warn!("--log-rotation-size {}: log rotation is not built yet", g.log_rotation_size);
-    }
-    if f.fuse_threads == 0 || f.fuse_threads > 1024 {
-        bail!("--fuse-threads {}: expected 1..=1024", f.fuse_threads);
-    }
-    if g.rlimit_nofile > 0 {
-        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
-        let want = g.rlimit_nofile.min(hard);
-        if let Err(e) =
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, want)
-        {
-            log_warn!("--rlimit-nofile {}: {e}; keeping the current limit", g.rlimit_nofile);
-        } else if want < g.rlimit_nofile {
-            log_warn!("--rlimit-nofile {}: the hard limit is {hard}; using it", g.rlimit_nofile);
-        }
-    }
+    check_threads(f.fuse_threads)?;
 
     let mountpoint = f.mountpoint.clone().context("--mountpoint is required")?;
-    let meta = std::fs::metadata(&mountpoint)
-        .with_context(|| format!("mountpoint {}", mountpoint.display()))?;
-    if !meta.is_dir() {
-        bail!("mountpoint {} is not a directory", mountpoint.display());
-    }
-    if is_mountpoint(&mountpoint)? {
-        bail!("mountpoint {} is busy: something is already mounted there", mountpoint.display());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        bail!("/dev/fuse does not exist: load the fuse module (modprobe fuse)");
-    }
+    check_mountpoint(&mountpoint)?;
     let config: Option<DaemonConfig> = match (&g.config, &f.localfs_dir) {
         (Some(p), _) => {
             Some(config::from_file(p).with_context(|| format!("--config {}", p.display()))?)
@@ -145,21 +107,142 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
     let (exit_tx, exit_rx) = mpsc::channel::<()>();
     let id = g.id.clone().unwrap_or_else(|| format!("stratad-{}", std::process::id()));
     let daemon = Arc::new(Daemon::new(id, g.supervisor.clone(), config.clone(), exit_tx));
-    if let Some(b) = &f.bootstrap {
-        let c = config.clone().context("--bootstrap needs --config or --localfs-dir")?;
-        daemon.mount_instance(&f.virtual_mountpoint, b, c)?;
-    }
-
-    let serving = Serving::mount(&mountpoint, daemon.vfs(), f.fuse_threads, {
+    let on_exit = {
         let tx = stop_tx.clone();
         move || {
             let _ = tx.send(Stop::Unmounted);
         }
+    };
+    let mut writable_cache = None;
+    let serving = if f.writable {
+        let c = config.clone().context("--writable needs --config with an overlay section")?;
+        let ov = c.overlay.clone().context(
+            "--writable: the config has no overlay section (overlay.upper_dir, overlay.work_dir)",
+        )?;
+        let b = f.bootstrap.as_ref().context("--writable needs --bootstrap")?;
+        let (inst, rafs) = super::service::Instance::open("/", b, c, daemon.events_ref().clone())?;
+        writable_cache = inst.cache.clone();
+        let layer =
+            RafsLayer::new(rafs.image().clone(), rafs.chunk_reader(), b.display().to_string());
+        let fs = OverlayFs::new(OverlayOptions {
+            upper: ov.upper_dir,
+            work: ov.work_dir,
+            lowers: vec![Arc::new(layer)],
+            sync_copyup: true,
+            timeout: crate::overlay::DEFAULT_TIMEOUT,
+        })?;
+        Serving::mount(
+            &mountpoint,
+            Arc::new(fs),
+            f.fuse_threads,
+            Kind::Writable("strata"),
+            on_exit,
+        )?
+    } else {
+        if let Some(b) = &f.bootstrap {
+            let c = config.clone().context("--bootstrap needs --config or --localfs-dir")?;
+            daemon.mount_instance(&f.virtual_mountpoint, b, c)?;
+        }
+        Serving::mount(&mountpoint, daemon.vfs(), f.fuse_threads, Kind::ReadOnly, on_exit)?
+    };
+    let stopped = serve(
+        serving,
+        &daemon,
+        &mountpoint,
+        g.apisock.as_deref(),
+        f.fuse_threads,
+        sigs,
+        stop_tx,
+        stop_rx,
+        exit_rx,
+    );
+    if let Some(c) = writable_cache {
+        if let Err(e) = c.flush() {
+            log_warn!("flushing the chunk cache: {e}");
+        }
+    }
+    stopped
+}
+
+fn setup_logging(g: &GlobalArgs) -> Result<()> {
+    let level = super::log::Level::parse(&g.log_level).with_context(|| {
+        format!("--log-level {:?}: expected trace, debug, info, warn or error", g.log_level)
     })?;
+    super::log::set_level(level);
+    if let Some(p) = &g.log_file {
+        super::log::set_file(p).with_context(|| format!("--log-file {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn check_threads(n: usize) -> Result<()> {
+    if n == 0 || n > 1024 {
+        bail!("--fuse-threads {n}: expected 1..=1024");
+    }
+    Ok(())
+}
+
+/// Flags whose feature changes what is served fail; operational ones are accepted with a
+/// warning that says they have no effect yet. None is ignored silently.
+fn check_global(g: &GlobalArgs) -> Result<()> {
+    if g.upgrade {
+        bail!("--upgrade: hot upgrade/takeover is not built yet");
+    }
+    if let Some(s) = &g.supervisor {
+        log_warn!(
+            "--supervisor {}: failover is not built yet; sendfd/takeover are refused",
+            s.display()
+        );
+    }
+    if g.log_rotation_size > 0 {
+        log_warn!("--log-rotation-size {}: log rotation is not built yet", g.log_rotation_size);
+    }
+    if g.rlimit_nofile > 0 {
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+        let want = g.rlimit_nofile.min(hard);
+        if let Err(e) =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, want)
+        {
+            log_warn!("--rlimit-nofile {}: {e}; keeping the current limit", g.rlimit_nofile);
+        } else if want < g.rlimit_nofile {
+            log_warn!("--rlimit-nofile {}: the hard limit is {hard}; using it", g.rlimit_nofile);
+        }
+    }
+    Ok(())
+}
+
+fn check_mountpoint(mountpoint: &Path) -> Result<()> {
+    let meta = std::fs::metadata(mountpoint)
+        .with_context(|| format!("mountpoint {}", mountpoint.display()))?;
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", mountpoint.display());
+    }
+    if is_mountpoint(mountpoint)? {
+        bail!("mountpoint {} is busy: something is already mounted there", mountpoint.display());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse does not exist: load the fuse module (modprobe fuse)");
+    }
+    Ok(())
+}
+
+/// Serve until a signal, `PUT /daemon/exit` or an external umount; then unmount cleanly.
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    serving: Serving,
+    daemon: &Arc<Daemon>,
+    mountpoint: &Path,
+    apisock: Option<&Path>,
+    threads: usize,
+    sigs: SigSet,
+    stop_tx: mpsc::Sender<Stop>,
+    stop_rx: mpsc::Receiver<Stop>,
+    exit_rx: mpsc::Receiver<()>,
+) -> Result<()> {
     daemon.set_state(State::Ready);
     log_info!("mounted at {}", mountpoint.display());
 
-    let api = match &g.apisock {
+    let api = match apisock {
         Some(sock) => match super::api::ApiServer::start(sock, daemon.clone()) {
             Ok(a) => Some(a),
             Err(e) => {
@@ -185,7 +268,7 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
         })?;
     }
     daemon.set_state(State::Running);
-    log_info!("running with {} FUSE threads", f.fuse_threads);
+    log_info!("running with {threads} FUSE threads");
 
     let why = stop_rx.recv().unwrap_or(Stop::Unmounted);
     match &why {
@@ -203,6 +286,103 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
     Ok(())
 }
 
+/// Serve a writable overlay of plain directories and RAFS bootstraps (`stratad overlay`).
+fn run_overlay(o: OverlayCmd, sigs: SigSet) -> Result<()> {
+    setup_logging(&o.global)?;
+    check_global(&o.global)?;
+    check_threads(o.fuse_threads)?;
+    let (mut lowerdir, mut upperdir, mut workdir, mut volatile) =
+        (o.lowerdir.clone(), o.upperdir.clone(), o.workdir.clone(), o.volatile);
+    for opt in o.options.iter().flat_map(|s| s.split(',')) {
+        match opt.split_once('=') {
+            Some(("lowerdir", v)) => lowerdir = Some(v.to_string()),
+            Some(("upperdir", v)) => upperdir = Some(v.into()),
+            Some(("workdir", v)) => workdir = Some(v.into()),
+            None if opt == "volatile" => volatile = true,
+            _ => log_warn!("-o {opt}: not an overlay option; ignored"),
+        }
+    }
+    let lowerdir = lowerdir.context("--lowerdir is required")?;
+    let upper = upperdir.context("--upperdir is required")?;
+    let work = workdir.context("--workdir is required")?;
+    let mountpoint = o.mountpoint.clone().context("--mountpoint is required")?;
+    check_mountpoint(&mountpoint)?;
+    let mut lowers: Vec<Arc<dyn crate::overlay::layer::Layer>> = Vec::new();
+    let mut caches = Vec::new();
+    let events = Arc::new(super::metrics::Events::default());
+    for l in lowerdir.split(':').filter(|l| !l.is_empty()) {
+        let p = Path::new(l);
+        let meta = std::fs::metadata(p).with_context(|| format!("lowerdir {l}"))?;
+        if meta.is_dir() {
+            lowers.push(Arc::new(
+                crate::overlay::layer::DirLayer::new(p).with_context(|| format!("lowerdir {l}"))?,
+            ));
+        } else {
+            let blobs = o.localfs_dir.clone().with_context(|| {
+                format!("lowerdir {l} is a file (a RAFS bootstrap?): give its blob dir with -D")
+            })?;
+            let (inst, rafs) =
+                super::service::Instance::open(l, p, DaemonConfig::localfs(blobs), events.clone())
+                    .with_context(|| format!("lowerdir {l}"))?;
+            caches.extend(inst.cache.clone());
+            lowers.push(Arc::new(RafsLayer::new(
+                rafs.image().clone(),
+                rafs.chunk_reader(),
+                l.into(),
+            )));
+        }
+    }
+    let fs = OverlayFs::new(OverlayOptions {
+        upper,
+        work,
+        lowers,
+        sync_copyup: !volatile,
+        timeout: crate::overlay::DEFAULT_TIMEOUT,
+    })?;
+    let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
+    let (exit_tx, exit_rx) = mpsc::channel::<()>();
+    let id = o.global.id.clone().unwrap_or_else(|| format!("stratad-{}", std::process::id()));
+    let daemon = Arc::new(Daemon::new(id, None, None, exit_tx));
+    let on_exit = {
+        let tx = stop_tx.clone();
+        move || {
+            let _ = tx.send(Stop::Unmounted);
+        }
+    };
+    let serving = Serving::mount(
+        &mountpoint,
+        Arc::new(fs),
+        o.fuse_threads,
+        Kind::Writable(&o.fsname),
+        on_exit,
+    )?;
+    let r = serve(
+        serving,
+        &daemon,
+        &mountpoint,
+        o.global.apisock.as_deref(),
+        o.fuse_threads,
+        sigs,
+        stop_tx,
+        stop_rx,
+        exit_rx,
+    );
+    for c in caches {
+        if let Err(e) = c.flush() {
+            log_warn!("flushing the chunk cache: {e}");
+        }
+    }
+    r
+}
+
+/// How to mount.
+pub enum Kind<'a> {
+    /// Read-only images (nosuid, nodev, noatime; source `strata`, type `fuse.rafs`).
+    ReadOnly,
+    /// A writable overlay: a root filesystem (suid, dev, relatime); type `fuse`, source `fsname`.
+    Writable(&'a str),
+}
+
 /// A mounted FUSE session and its worker threads.
 pub struct Serving {
     session: FuseSession,
@@ -212,20 +392,41 @@ pub struct Serving {
 }
 
 impl Serving {
-    /// Mount `vfs` read-only at `mountpoint` and serve it with `threads` workers. `on_exit` runs
-    /// when a worker stops because the mount went away (an external `umount`).
-    pub fn mount(
+    /// Mount `fs` at `mountpoint` and serve it with `threads` workers. `on_exit` runs when a
+    /// worker stops because the mount went away (an external `umount`).
+    pub fn mount<F: FileSystem + Send + Sync + 'static>(
         mountpoint: &Path,
-        vfs: Arc<Vfs>,
+        fs: Arc<F>,
         threads: usize,
+        kind: Kind<'_>,
         on_exit: impl Fn() + Send + Sync + Clone + 'static,
     ) -> Result<Self> {
-        let mut session = FuseSession::new(mountpoint, "strata", "rafs", true)
+        let (fsname, subtype, ro) = match kind {
+            Kind::ReadOnly => ("strata", "rafs", true),
+            Kind::Writable(name) => (name, "", false),
+        };
+        let mut session = FuseSession::new(mountpoint, fsname, subtype, ro)
             .map_err(|e| anyhow::anyhow!("FUSE session on {}: {e}", mountpoint.display()))?;
         session
             .mount()
             .map_err(|e| anyhow::anyhow!("mounting FUSE at {}: {e}", mountpoint.display()))?;
-        let server = Arc::new(Server::new(vfs));
+        if !ro && std::env::var_os("STRATA_NO_REMOUNT").is_none() {
+            // The session mounts nosuid,nodev,noatime; a root filesystem needs suid binaries
+            // and device nodes, and atime semantics like any disk filesystem (relatime).
+            let r = nix::mount::mount(
+                None::<&str>,
+                mountpoint,
+                None::<&str>,
+                nix::mount::MsFlags::MS_REMOUNT
+                    | nix::mount::MsFlags::MS_BIND
+                    | nix::mount::MsFlags::MS_RELATIME,
+                None::<&str>,
+            );
+            if let Err(e) = r {
+                log_warn!("remounting {} with suid,dev: {e}", mountpoint.display());
+            }
+        }
+        let server = Arc::new(Server::new(fs));
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut serving = Serving {
             session,

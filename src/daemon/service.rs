@@ -97,11 +97,6 @@ impl Instance {
         config: DaemonConfig,
         events: Arc<Events>,
     ) -> Result<(Self, RafsFs), ServiceError> {
-        if config.overlay.is_some() {
-            return Err(ServiceError::Unsupported(
-                "the config has an overlay section: the writable overlay is not built yet".into(),
-            ));
-        }
         let image = Arc::new(Image::open(bootstrap).map_err(|source| ServiceError::Bootstrap {
             path: bootstrap.display().to_string(),
             source,
@@ -224,6 +219,11 @@ impl Daemon {
         bootstrap: &Path,
         config: DaemonConfig,
     ) -> Result<(), ServiceError> {
+        if config.overlay.is_some() {
+            return Err(ServiceError::Unsupported(
+                "an overlay section is served at the mount root with --writable, not through the mount API".into(),
+            ));
+        }
         let mut instances = self.instances.lock();
         if instances.contains_key(at) {
             return Err(ServiceError::Vfs { path: at.into(), detail: "already mounted".into() });

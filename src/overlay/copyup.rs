@@ -1,0 +1,229 @@
+//! Copy-up: give a lower object an upper copy before its first modification.
+//!
+//! The copy is built under a fresh name in the staging directory — data (holes kept, through
+//! `copy_file_range` from plain-directory layers), xattrs, owner, mode, times, and the inode
+//! number users saw — optionally fsynced, then renamed into place with RENAME_NOREPLACE. A
+//! crash leaves the old state visible plus a staging leftover that the next mount removes.
+//! Only the node's own copy-up lock is held while data is copied, so requests for other files
+//! proceed; parents are copied up first (metadata only).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::inode::NodeView;
+use super::layer::Layer;
+use super::upper::{self, child_path};
+use super::{errno, OverlayFs};
+
+/// Bytes per read when copying from a layer without a plain file.
+const COPY_STEP: u64 = 1 << 20;
+
+impl OverlayFs {
+    /// Make sure node `id` has an upper object and return its view. `data` = false skips the
+    /// file's contents (the caller truncates it to 0 anyway).
+    pub(crate) fn copy_up(&self, id: u64, data: bool) -> io::Result<NodeView> {
+        let v = self.view(id)?;
+        if v.upper.is_some() {
+            return Ok(v);
+        }
+        let parent = self.copy_up(v.parent, true)?;
+        let lock = self.copyups.lock().entry(id).or_default().clone();
+        let result = {
+            let _g = lock.lock();
+            let v = self.view(id)?;
+            if v.upper.is_some() {
+                Ok(v)
+            } else {
+                self.copy_up_locked(&v, &parent, data)
+            }
+        };
+        let mut m = self.copyups.lock();
+        if Arc::strong_count(&lock) <= 2 {
+            m.remove(&id);
+        }
+        result
+    }
+
+    fn copy_up_locked(&self, v: &NodeView, parent: &NodeView, data: bool) -> io::Result<NodeView> {
+        let &(l, lid) = v.lowers.first().ok_or_else(|| errno(libc::ESTALE))?;
+        let layer = &self.layers[l];
+        let st = layer.getattr(lid)?;
+        let ph = parent.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
+        let pfd = self.upper.open(ph, libc::O_PATH | libc::O_DIRECTORY)?;
+        let work = self.upper.work_fd();
+        let tmp = self.upper.tmp_name();
+        let built = self.build_copy(layer.as_ref(), lid, &st, v.ino, &tmp, data);
+        let placed = built.and_then(|()| {
+            upper::rename(
+                work,
+                &tmp,
+                pfd.as_raw_fd(),
+                &v.name,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            )
+        });
+        if let Err(e) = placed {
+            let _ = upper::remove_tree(work, &tmp);
+            return Err(e);
+        }
+        let h = crate::sys::name_to_handle_at(pfd.as_raw_fd(), &v.name)?;
+        let ust = crate::sys::fstatat(pfd.as_raw_fd(), &v.name)?;
+        self.table.lock().copied_up(v.id, h, ust.st_ino);
+        self.view(v.id)
+    }
+
+    /// Build the copy of lower object `lid` as `tmp` in the staging directory.
+    fn build_copy(
+        &self,
+        layer: &dyn Layer,
+        lid: u64,
+        st: &libc::stat64,
+        ino: u64,
+        tmp: &[u8],
+        data: bool,
+    ) -> io::Result<()> {
+        let work = self.upper.work_fd();
+        let name = std::ffi::OsStr::from_bytes(tmp);
+        let kind = st.st_mode & libc::S_IFMT;
+        let mut file = None;
+        match kind {
+            libc::S_IFDIR => nix::sys::stat::mkdirat(
+                Some(work),
+                name,
+                nix::sys::stat::Mode::from_bits_truncate(0o700),
+            )?,
+            libc::S_IFREG => {
+                let fd = nix::fcntl::openat(
+                    Some(work),
+                    name,
+                    nix::fcntl::OFlag::O_CREAT
+                        | nix::fcntl::OFlag::O_EXCL
+                        | nix::fcntl::OFlag::O_WRONLY
+                        | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::from_bits_truncate(0o600),
+                )?;
+                let f = File::from(owned(fd));
+                if data {
+                    copy_data(layer, lid, &f, st.st_size as u64)?;
+                }
+                file = Some(f);
+            }
+            libc::S_IFLNK => {
+                let target = layer.readlink(lid)?;
+                nix::unistd::symlinkat(std::ffi::OsStr::from_bytes(&target), Some(work), name)?
+            }
+            _ => nix::sys::stat::mknodat(
+                Some(work),
+                name,
+                nix::sys::stat::SFlag::from_bits_truncate(kind),
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                st.st_rdev,
+            )?,
+        }
+        let path = child_path(work, tmp);
+        for (k, val) in layer.xattrs(lid)? {
+            if upper::is_private(&k) {
+                continue;
+            }
+            crate::sys::lsetxattr(&path, &k, &val, 0, false)?;
+        }
+        upper::chown(work, tmp, st.st_uid, st.st_gid)?;
+        if kind != libc::S_IFLNK {
+            upper::chmod(&path, st.st_mode)?;
+        }
+        upper::set_private(&path, upper::ORIGIN_INO, ino.to_string().as_bytes())?;
+        let ts = |s: i64, ns: i64| libc::timespec { tv_sec: s, tv_nsec: ns };
+        crate::sys::utimensat(
+            work,
+            tmp,
+            [ts(st.st_atime, st.st_atime_nsec), ts(st.st_mtime, st.st_mtime_nsec)],
+        )?;
+        if let Some(f) = file {
+            if self.sync_copyup {
+                f.sync_all()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Wrap a descriptor nix returned (it is ours alone).
+fn owned(fd: i32) -> OwnedFd {
+    crate::sys::owned_fd(fd)
+}
+
+/// Copy `size` bytes of lower file `lid` into `dst`, keeping holes.
+fn copy_data(layer: &dyn Layer, lid: u64, dst: &File, size: u64) -> io::Result<()> {
+    dst.set_len(size)?;
+    if let Some(src) = layer.open_file(lid)? {
+        return copy_file(&src, dst, size);
+    }
+    let mut off = 0;
+    while off < size {
+        let buf = layer.read(lid, off, COPY_STEP.min(size - off))?;
+        if buf.is_empty() {
+            break;
+        }
+        if buf.iter().any(|b| *b != 0) {
+            dst.write_all_at(&buf, off)?;
+        }
+        off += buf.len() as u64;
+    }
+    Ok(())
+}
+
+/// Copy the data extents of `src` (SEEK_DATA/SEEK_HOLE) with `copy_file_range`, falling back
+/// to reads and writes where the kernel cannot copy between the two filesystems.
+fn copy_file(src: &File, dst: &File, size: u64) -> io::Result<()> {
+    use nix::unistd::{lseek64, Whence};
+    let fd = src.as_raw_fd();
+    let mut off: i64 = 0;
+    while (off as u64) < size {
+        let start = match lseek64(fd, off, Whence::SeekData) {
+            Ok(s) => s,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(_) => off, // no SEEK_DATA: copy everything
+        };
+        let end = lseek64(fd, start, Whence::SeekHole).unwrap_or(size as i64).min(size as i64);
+        copy_range(src, dst, start as u64, end as u64)?;
+        off = end;
+    }
+    Ok(())
+}
+
+fn copy_range(src: &File, dst: &File, mut start: u64, end: u64) -> io::Result<()> {
+    while start < end {
+        let (mut a, mut b) = (start as i64, start as i64);
+        let want = ((end - start) as usize).min(1 << 30);
+        match nix::fcntl::copy_file_range(src, Some(&mut a), dst, Some(&mut b), want) {
+            Ok(0) => return Ok(()),
+            Ok(n) => start += n as u64,
+            Err(
+                nix::errno::Errno::EXDEV
+                | nix::errno::Errno::EINVAL
+                | nix::errno::Errno::ENOSYS
+                | nix::errno::Errno::EOPNOTSUPP,
+            ) => return copy_slow(src, dst, start, end),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn copy_slow(src: &File, dst: &File, mut start: u64, end: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; COPY_STEP as usize];
+    while start < end {
+        let want = ((end - start) as usize).min(buf.len());
+        let n = src.read_at(&mut buf[..want], start)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], start)?;
+        start += n as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,1190 @@
+//! The overlay as a fuse-backend-rs `FileSystem`: every FUSE operation.
+//!
+//! Permission checks are the kernel's (`default_permissions`); the daemon acts as root and
+//! gives new objects the caller's owner (or the parent's group under a setgid directory).
+//! Namespace operations of one directory are serialised by the kernel (it holds the parent's
+//! inode lock), so a create, unlink or rename sees a stable directory here.
+
+use std::ffi::{CStr, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
+    SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+};
+use nix::fcntl::RenameFlags;
+
+use super::inode::NodeView;
+use super::upper::{self, child_path, fd_path};
+use super::{errno, is_dir, Open, OverlayFs};
+
+/// Longest name (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// One entry of a merged directory listing.
+#[derive(Clone, Debug)]
+pub struct DirItem {
+    /// Name.
+    pub name: Vec<u8>,
+    /// Inode number shown.
+    pub ino: u64,
+    /// d_type.
+    pub dtype: u32,
+}
+
+/// What to create.
+enum Make<'a> {
+    Dir(u32),
+    Node(u32, u32),
+    Symlink(&'a [u8]),
+    File(u32, u32),
+    Link(&'a NodeView),
+}
+
+fn check_name(name: &[u8]) -> io::Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(errno(libc::ENAMETOOLONG));
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(errno(libc::EINVAL));
+    }
+    Ok(())
+}
+
+fn os(name: &[u8]) -> &OsStr {
+    OsStr::from_bytes(name)
+}
+
+fn dtype_of_mode(mode: u32) -> u32 {
+    u32::from(match mode & libc::S_IFMT {
+        libc::S_IFDIR => libc::DT_DIR,
+        libc::S_IFREG => libc::DT_REG,
+        libc::S_IFLNK => libc::DT_LNK,
+        libc::S_IFCHR => libc::DT_CHR,
+        libc::S_IFBLK => libc::DT_BLK,
+        libc::S_IFIFO => libc::DT_FIFO,
+        libc::S_IFSOCK => libc::DT_SOCK,
+        _ => libc::DT_UNKNOWN,
+    })
+}
+
+impl OverlayFs {
+    fn entry(&self, id: u64, st: stat64) -> Entry {
+        Entry {
+            inode: id,
+            generation: 0,
+            attr: st,
+            attr_flags: 0,
+            attr_timeout: self.timeout,
+            entry_timeout: self.timeout,
+        }
+    }
+
+    fn negative(&self) -> Entry {
+        self.entry(0, crate::sys::zeroed_stat64())
+    }
+
+    /// Upper descriptor of a directory that has one.
+    fn dir_fd(&self, v: &NodeView) -> io::Result<OwnedFd> {
+        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
+        self.upper.open(h, libc::O_PATH | libc::O_DIRECTORY)
+    }
+
+    /// Resolve and install `name` in `parent`, counting a lookup (callers that only need the
+    /// node for an operation give it back with `release`).
+    fn child(&self, parent: &NodeView, name: &[u8]) -> io::Result<Option<(u64, stat64)>> {
+        match self.resolve(parent, name)? {
+            Some(r) => self.install(parent.id, name, r).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn release(&self, id: u64) {
+        self.table.lock().forget(id, 1);
+    }
+
+    /// The merged listing of directory `v` (without `.` and `..`).
+    pub(crate) fn list(&self, v: &NodeView) -> io::Result<Vec<DirItem>> {
+        use std::collections::HashSet;
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut items = Vec::new();
+        if let Some(fd) = self.upper_fd(v)? {
+            let dfd = fd.as_raw_fd();
+            for e in std::fs::read_dir(upper::as_path(&fd_path(dfd)))? {
+                let e = e?;
+                let name = e.file_name().as_bytes().to_vec();
+                let ft = e.file_type()?;
+                use std::os::unix::fs::{DirEntryExt, FileTypeExt};
+                if ft.is_char_device() {
+                    if let Ok(st) = crate::sys::fstatat(dfd, &name) {
+                        if super::layer::is_whiteout(&st) {
+                            seen.insert(name);
+                            continue;
+                        }
+                    }
+                }
+                let dtype = dtype_of_mode(if ft.is_dir() {
+                    libc::S_IFDIR
+                } else if ft.is_file() {
+                    libc::S_IFREG
+                } else if ft.is_symlink() {
+                    libc::S_IFLNK
+                } else if ft.is_char_device() {
+                    libc::S_IFCHR
+                } else if ft.is_block_device() {
+                    libc::S_IFBLK
+                } else if ft.is_fifo() {
+                    libc::S_IFIFO
+                } else {
+                    libc::S_IFSOCK
+                });
+                seen.insert(name.clone());
+                items.push(DirItem { name, ino: e.ino(), dtype });
+            }
+        }
+        let upper_count = items.len();
+        for &(l, dir) in &v.lowers {
+            for item in self.layers[l].readdir(dir)? {
+                match item {
+                    super::layer::DirItem::Whiteout(n) => {
+                        seen.insert(n);
+                    }
+                    super::layer::DirItem::Entry(n, ino, dtype) => {
+                        let shown = super::lower_ino(l, ino);
+                        if seen.contains(&n) {
+                            // An upper object over a lower one shows the lower inode number
+                            // (copy-up keeps it).
+                            if let Some(it) = items[..upper_count].iter_mut().find(|i| i.name == n)
+                            {
+                                if it.dtype == dtype {
+                                    it.ino = shown;
+                                }
+                            }
+                            continue;
+                        }
+                        seen.insert(n.clone());
+                        items.push(DirItem { name: n, ino: shown, dtype });
+                    }
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    /// Create `name` in `parent`.
+    fn make(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &[u8],
+        what: Make<'_>,
+    ) -> io::Result<(u64, stat64, Option<File>)> {
+        check_name(name)?;
+        let p = self.copy_up(parent, true)?;
+        if !p.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let pfd = self.dir_fd(&p)?;
+        let pfd = pfd.as_raw_fd();
+        let replace = match crate::sys::fstatat(pfd, name) {
+            Ok(st) if super::layer::is_whiteout(&st) => true,
+            Ok(_) => return Err(errno(libc::EEXIST)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+            Err(e) => return Err(e),
+        };
+        let work = self.upper.work_fd();
+        let tmp;
+        let (tdir, tname) = if replace {
+            tmp = self.upper.tmp_name();
+            (work, tmp.as_slice())
+        } else {
+            (pfd, name)
+        };
+        let made = self.make_at(ctx, pfd, tdir, tname, &what);
+        let file = match made {
+            Ok(f) => f,
+            Err(e) => {
+                if replace {
+                    let _ = upper::remove_tree(work, tname);
+                }
+                return Err(e);
+            }
+        };
+        if replace {
+            let placed = if let Make::Dir(_) = what {
+                upper::set_private(&child_path(work, tname), upper::OPAQUE, b"y")
+                    .and_then(|()| {
+                        upper::rename(work, tname, pfd, name, RenameFlags::RENAME_EXCHANGE)
+                    })
+                    .and_then(|()| upper::unlink(work, tname, false))
+            } else {
+                upper::rename(work, tname, pfd, name, RenameFlags::empty())
+            };
+            if let Err(e) = placed {
+                let _ = upper::remove_tree(work, tname);
+                return Err(e);
+            }
+        }
+        let st = crate::sys::fstatat(pfd, name)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        let id = match what {
+            Make::Link(v) => {
+                self.table.lock().add_lookup(v.id);
+                v.id
+            }
+            _ => {
+                let h = crate::sys::name_to_handle_at(pfd, name)?;
+                self.table.lock().created(parent, name, kind, h, st.st_ino, st.st_ino)
+            }
+        };
+        let v = self.view(id)?;
+        let mut st = st;
+        self.present(&v, &mut st);
+        Ok((id, st, file))
+    }
+
+    /// Create the object in `tdir`/`tname` with the caller's ownership.
+    fn make_at(
+        &self,
+        ctx: &Context,
+        pfd: i32,
+        tdir: i32,
+        tname: &[u8],
+        what: &Make<'_>,
+    ) -> io::Result<Option<File>> {
+        use nix::sys::stat::{Mode, SFlag};
+        let n = os(tname);
+        let mut file = None;
+        let mut mode = 0;
+        match *what {
+            Make::Dir(m) => {
+                mode = m & 0o7777;
+                nix::sys::stat::mkdirat(Some(tdir), n, Mode::from_bits_truncate(mode))?
+            }
+            Make::Node(m, rdev) => {
+                let kind = m & libc::S_IFMT;
+                if kind == libc::S_IFCHR && rdev == 0 {
+                    // 0/0 is the whiteout encoding; kernel overlayfs refuses it too.
+                    return Err(errno(libc::EPERM));
+                }
+                mode = m & 0o7777;
+                nix::sys::stat::mknodat(
+                    Some(tdir),
+                    n,
+                    SFlag::from_bits_truncate(if kind == 0 { libc::S_IFREG } else { kind }),
+                    Mode::from_bits_truncate(mode),
+                    u64::from(rdev),
+                )?
+            }
+            Make::Symlink(target) => nix::unistd::symlinkat(os(target), Some(tdir), n)?,
+            Make::File(m, flags) => {
+                mode = m & 0o7777;
+                let keep = flags as i32
+                    & (libc::O_ACCMODE | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC);
+                let fd = nix::fcntl::openat(
+                    Some(tdir),
+                    n,
+                    nix::fcntl::OFlag::from_bits_truncate(
+                        keep | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    ),
+                    Mode::from_bits_truncate(mode),
+                )?;
+                file = Some(File::from(crate::sys::owned_fd(fd)));
+            }
+            Make::Link(v) => {
+                let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
+                let src = self.upper.open(h, libc::O_PATH)?;
+                nix::unistd::linkat(
+                    None,
+                    os(&fd_path(src.as_raw_fd())),
+                    Some(tdir),
+                    n,
+                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                )?;
+                return Ok(None);
+            }
+        }
+        // Owner: the caller, or the directory's group under a setgid directory.
+        let pst = crate::sys::fstatat(pfd, b"")?;
+        let sgid_dir = pst.st_mode & libc::S_ISGID != 0;
+        let gid = if sgid_dir { pst.st_gid } else { ctx.gid };
+        let st = crate::sys::fstatat(tdir, tname)?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if st.st_uid != ctx.uid || st.st_gid != gid {
+            upper::chown(tdir, tname, ctx.uid, gid)?;
+        }
+        let want = if is_dir && sgid_dir { mode | libc::S_ISGID } else { mode };
+        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        if !is_link {
+            let now = crate::sys::fstatat(tdir, tname)?;
+            if now.st_mode & 0o7777 != want {
+                upper::chmod(&child_path(tdir, tname), want)?;
+            }
+        }
+        Ok(file)
+    }
+
+    /// Remove `name` from `parent` (a directory when `dir`).
+    fn remove(&self, parent: u64, name: &[u8], dir: bool) -> io::Result<()> {
+        check_name(name)?;
+        let p = self.view(parent)?;
+        let (id, st) = self.child(&p, name)?.ok_or_else(|| errno(libc::ENOENT))?;
+        let r = self.remove_node(&p, name, id, &st, dir);
+        self.release(id);
+        r
+    }
+
+    fn remove_node(
+        &self,
+        p: &NodeView,
+        name: &[u8],
+        id: u64,
+        st: &stat64,
+        dir: bool,
+    ) -> io::Result<()> {
+        let v = self.view(id)?;
+        if dir != is_dir(st) {
+            return Err(errno(if dir { libc::ENOTDIR } else { libc::EISDIR }));
+        }
+        if dir && !self.list(&v)?.is_empty() {
+            return Err(errno(libc::ENOTEMPTY));
+        }
+        let need_wh = v.upper.is_none() || self.lower_has(p, name)?;
+        let p = self.copy_up(p.id, true)?;
+        let pfd = self.dir_fd(&p)?;
+        let pfd = pfd.as_raw_fd();
+        let work = self.upper.work_fd();
+        let in_upper = match crate::sys::fstatat(pfd, name) {
+            Ok(s) => !super::layer::is_whiteout(&s),
+            Err(_) => false,
+        };
+        let mut last_link = true;
+        if in_upper {
+            let real = crate::sys::fstatat(pfd, name)?;
+            last_link = dir || real.st_nlink <= 1;
+        }
+        match (in_upper, need_wh) {
+            (false, true) => upper::whiteout(pfd, name)?,
+            (false, false) => return Err(errno(libc::ENOENT)),
+            (true, false) => {
+                if !dir {
+                    upper::unlink(pfd, name, false)?;
+                } else if let Err(e) = upper::unlink(pfd, name, true) {
+                    if e.raw_os_error() != Some(libc::ENOTEMPTY) {
+                        return Err(e);
+                    }
+                    // Only whiteouts are left inside: move it away whole, then clean it up.
+                    let tmp = self.upper.tmp_name();
+                    upper::rename(pfd, name, work, &tmp, RenameFlags::empty())?;
+                    upper::remove_tree(work, &tmp)?;
+                }
+            }
+            (true, true) => {
+                let tmp = self.upper.tmp_name();
+                match upper::rename(pfd, name, work, &tmp, RenameFlags::RENAME_WHITEOUT) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        // No RENAME_WHITEOUT here: swap a ready whiteout in instead.
+                        upper::whiteout(work, &tmp)?;
+                        upper::rename(work, &tmp, pfd, name, RenameFlags::RENAME_EXCHANGE)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+                upper::remove_tree(work, &tmp)?;
+            }
+        }
+        self.table.lock().unlinked(id, p.id, name, last_link);
+        Ok(())
+    }
+
+    /// A directory being moved gets what keeps its content right at the new name: a redirect
+    /// to its lower origin, or opacity when it has none but a lower layer has the new name.
+    fn prepare_dir_move(&self, v: &NodeView, newp: &NodeView, newname: &[u8]) -> io::Result<()> {
+        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
+        let fd = self.upper.open(h, libc::O_PATH | libc::O_DIRECTORY)?;
+        let path = fd_path(fd.as_raw_fd());
+        if !v.lowers.is_empty() {
+            if let Some(lp) = &v.lower_path {
+                let mut abs = b"/".to_vec();
+                abs.extend_from_slice(lp);
+                set_private_follow(&path, upper::REDIRECT, &abs)?;
+            }
+        } else if self.lower_has(newp, newname)? {
+            set_private_follow(&path, upper::OPAQUE, b"y")?;
+        }
+        Ok(())
+    }
+
+    fn do_rename(
+        &self,
+        olddir: u64,
+        oldname: &[u8],
+        newdir: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace)
+        {
+            return Err(errno(libc::EINVAL));
+        }
+        check_name(oldname)?;
+        check_name(newname)?;
+        let op = self.view(olddir)?;
+        let np = self.view(newdir)?;
+        let (sid, sst) = self.child(&op, oldname)?.ok_or_else(|| errno(libc::ENOENT))?;
+        let dst = match self.child(&np, newname) {
+            Ok(d) => d,
+            Err(e) => {
+                self.release(sid);
+                return Err(e);
+            }
+        };
+        let r = self.rename_nodes(&op, oldname, &np, newname, sid, &sst, dst, exchange, noreplace);
+        self.release(sid);
+        if let Some((did, _)) = dst {
+            self.release(did);
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rename_nodes(
+        &self,
+        op: &NodeView,
+        oldname: &[u8],
+        np: &NodeView,
+        newname: &[u8],
+        sid: u64,
+        sst: &stat64,
+        dst: Option<(u64, stat64)>,
+        exchange: bool,
+        noreplace: bool,
+    ) -> io::Result<()> {
+        if dst.is_some_and(|(d, _)| d == sid) {
+            return Ok(()); // the same object (hard links): nothing to do
+        }
+        match (&dst, exchange, noreplace) {
+            (None, true, _) => return Err(errno(libc::ENOENT)),
+            (Some(_), _, true) => return Err(errno(libc::EEXIST)),
+            _ => {}
+        }
+        if let Some((did, dst_st)) = &dst {
+            if !exchange {
+                match (is_dir(sst), is_dir(dst_st)) {
+                    (true, false) => return Err(errno(libc::ENOTDIR)),
+                    (false, true) => return Err(errno(libc::EISDIR)),
+                    (true, true) if !self.list(&self.view(*did)?)?.is_empty() => {
+                        return Err(errno(libc::ENOTEMPTY))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let sv = self.copy_up(sid, true)?;
+        let op = self.copy_up(op.id, true)?;
+        let np = self.copy_up(np.id, true)?;
+        if is_dir(sst) {
+            self.prepare_dir_move(&sv, &np, newname)?;
+        }
+        let ofd = self.dir_fd(&op)?;
+        let nfd = self.dir_fd(&np)?;
+        let (ofd, nfd) = (ofd.as_raw_fd(), nfd.as_raw_fd());
+        if exchange {
+            let (did, dst_st) = dst.expect("checked");
+            let dv = self.copy_up(did, true)?;
+            if is_dir(&dst_st) {
+                self.prepare_dir_move(&dv, &op, oldname)?;
+            }
+            upper::rename(ofd, oldname, nfd, newname, RenameFlags::RENAME_EXCHANGE)?;
+            let mut t = self.table.lock();
+            t.renamed(sid, np.id, newname);
+            t.renamed(did, op.id, oldname);
+            return Ok(());
+        }
+        let need_wh = self.lower_has(&op, oldname)?;
+        let work = self.upper.work_fd();
+        let at_new = crate::sys::fstatat(nfd, newname).ok();
+        let mut last_link = true;
+        if let Some(st) = &at_new {
+            if super::layer::is_whiteout(st) {
+                last_link = false;
+            } else {
+                last_link = is_dir(st) || st.st_nlink <= 1;
+                if is_dir(st) {
+                    // The target is empty in the union: only whiteouts can be left inside.
+                    clear_dir(nfd, newname)?;
+                }
+            }
+        }
+        let over_whiteout = at_new.as_ref().is_some_and(super::layer::is_whiteout);
+        if is_dir(sst) && over_whiteout {
+            // A directory cannot replace a non-directory: swap, then drop or keep the
+            // whiteout now at the old name.
+            upper::rename(ofd, oldname, nfd, newname, RenameFlags::RENAME_EXCHANGE)?;
+            if !need_wh {
+                upper::unlink(ofd, oldname, false)?;
+            }
+        } else if need_wh {
+            match upper::rename(ofd, oldname, nfd, newname, RenameFlags::RENAME_WHITEOUT) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    let tmp = self.upper.tmp_name();
+                    upper::whiteout(work, &tmp)?;
+                    upper::rename(ofd, oldname, nfd, newname, RenameFlags::empty())?;
+                    upper::rename(work, &tmp, ofd, oldname, RenameFlags::empty())?;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            upper::rename(ofd, oldname, nfd, newname, RenameFlags::empty())?;
+        }
+        let mut t = self.table.lock();
+        t.renamed(sid, np.id, newname);
+        if let Some((did, _)) = dst {
+            t.unlinked(did, np.id, newname, last_link);
+        }
+        Ok(())
+    }
+
+    /// Path for xattr calls on node `v`'s upper object, and whether to follow it.
+    fn xattr_path(&self, v: &NodeView) -> io::Result<(Vec<u8>, Option<OwnedFd>, bool)> {
+        if v.kind == libc::S_IFLNK {
+            let p = self.view(v.parent)?;
+            let pfd = self.dir_fd(&p)?;
+            let path = child_path(pfd.as_raw_fd(), &v.name);
+            return Ok((path, Some(pfd), false));
+        }
+        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
+        let fd = self.upper.open(h, libc::O_PATH)?;
+        Ok((fd_path(fd.as_raw_fd()), Some(fd), true))
+    }
+
+    fn all_xattrs(&self, v: &NodeView) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if v.upper.is_none() {
+            let &(l, id) = v.lowers.first().ok_or_else(|| errno(libc::ESTALE))?;
+            return self.layers[l].xattrs(id);
+        }
+        let (path, _fd, follow) = self.xattr_path(v)?;
+        let p = upper::as_path(&path);
+        let names = if follow { xattr::list_deref(p) } else { xattr::list(p) };
+        let names = match names {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for n in names {
+            let val = if follow { xattr::get_deref(p, &n)? } else { xattr::get(p, &n)? };
+            if let Some(val) = val {
+                out.push((n.as_bytes().to_vec(), val));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn set_private_follow(path: &[u8], name: &str, value: &[u8]) -> io::Result<()> {
+    crate::sys::lsetxattr(path, name.as_bytes(), value, 0, true)
+}
+
+/// Remove every entry inside `dirfd`/`name` (a directory holding only whiteouts).
+fn clear_dir(dirfd: i32, name: &[u8]) -> io::Result<()> {
+    let p = child_path(dirfd, name);
+    for e in std::fs::read_dir(upper::as_path(&p))? {
+        let e = e?;
+        let path = e.path();
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn timespec(
+    valid: SetattrValid,
+    set: SetattrValid,
+    now: SetattrValid,
+    s: i64,
+    ns: i64,
+) -> libc::timespec {
+    if valid.contains(now) {
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW }
+    } else if valid.contains(set) {
+        libc::timespec { tv_sec: s, tv_nsec: ns }
+    } else {
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }
+    }
+}
+
+impl FileSystem for OverlayFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        Ok(capable
+            & (FsOptions::ASYNC_READ
+                | FsOptions::PARALLEL_DIROPS
+                | FsOptions::BIG_WRITES
+                | FsOptions::MAX_PAGES
+                | FsOptions::DO_READDIRPLUS
+                | FsOptions::READDIRPLUS_AUTO
+                | FsOptions::ATOMIC_O_TRUNC
+                | FsOptions::CACHE_SYMLINKS
+                | FsOptions::AUTO_INVAL_DATA))
+    }
+
+    fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let name = name.to_bytes();
+        if name.len() > NAME_MAX {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        let p = self.view(parent)?;
+        if !p.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        match self.child(&p, name)? {
+            Some((id, st)) => Ok(self.entry(id, st)),
+            None => Ok(self.negative()),
+        }
+    }
+
+    fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
+        self.table.lock().forget(inode, count);
+    }
+
+    fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
+        let mut t = self.table.lock();
+        for (i, c) in requests {
+            t.forget(i, c);
+        }
+    }
+
+    fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        let v = self.view(inode)?;
+        if let Some(h) = handle {
+            if let Ok(o) = self.handle(h) {
+                if let Open::Upper(f) = o.as_ref() {
+                    let mut st = crate::sys::fstatat(f.as_raw_fd(), b"")?;
+                    self.present(&v, &mut st);
+                    return Ok((st, self.timeout));
+                }
+            }
+        }
+        Ok((self.stat_view(&v)?, self.timeout))
+    }
+
+    fn setattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        attr: stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        let truncating = valid.contains(SetattrValid::SIZE) && attr.st_size == 0;
+        let v = self.copy_up(inode, !truncating)?;
+        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
+        let fd = self.upper.open(h, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let raw = fd.as_raw_fd();
+        if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
+            let uid =
+                valid.contains(SetattrValid::UID).then(|| nix::unistd::Uid::from_raw(attr.st_uid));
+            let gid =
+                valid.contains(SetattrValid::GID).then(|| nix::unistd::Gid::from_raw(attr.st_gid));
+            nix::unistd::fchownat(Some(raw), "", uid, gid, nix::fcntl::AtFlags::AT_EMPTY_PATH)?;
+        }
+        if valid.contains(SetattrValid::MODE) {
+            upper::chmod(&fd_path(raw), attr.st_mode)?;
+        }
+        if valid.contains(SetattrValid::SIZE) {
+            let open = handle.and_then(|h| self.handle(h).ok());
+            match open.as_deref() {
+                Some(Open::Upper(f)) => f.set_len(attr.st_size as u64)?,
+                _ => {
+                    let f = File::from(self.upper.open(h, libc::O_WRONLY)?);
+                    f.set_len(attr.st_size as u64)?;
+                }
+            }
+        }
+        if valid.intersects(
+            SetattrValid::ATIME
+                | SetattrValid::MTIME
+                | SetattrValid::ATIME_NOW
+                | SetattrValid::MTIME_NOW,
+        ) {
+            let a = timespec(
+                valid,
+                SetattrValid::ATIME,
+                SetattrValid::ATIME_NOW,
+                attr.st_atime,
+                attr.st_atime_nsec,
+            );
+            let m = timespec(
+                valid,
+                SetattrValid::MTIME,
+                SetattrValid::MTIME_NOW,
+                attr.st_mtime,
+                attr.st_mtime_nsec,
+            );
+            crate::sys::utimensat(raw, b"", [a, m])?;
+        }
+        let mut st = crate::sys::fstatat(raw, b"")?;
+        self.present(&v, &mut st);
+        Ok((st, self.timeout))
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        let v = self.view(inode)?;
+        match self.upper_fd(&v)? {
+            Some(fd) => Ok(nix::fcntl::readlinkat(Some(fd.as_raw_fd()), "")?.as_bytes().to_vec()),
+            None => {
+                let &(l, id) = v.lowers.first().ok_or_else(|| errno(libc::ESTALE))?;
+                self.layers[l].readlink(id)
+            }
+        }
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        let (id, st, _) =
+            self.make(ctx, parent, name.to_bytes(), Make::Symlink(linkname.to_bytes()))?;
+        Ok(self.entry(id, st))
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        _umask: u32,
+    ) -> io::Result<Entry> {
+        let (id, st, _) = self.make(ctx, parent, name.to_bytes(), Make::Node(mode, rdev))?;
+        Ok(self.entry(id, st))
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        _umask: u32,
+    ) -> io::Result<Entry> {
+        let (id, st, _) = self.make(ctx, parent, name.to_bytes(), Make::Dir(mode))?;
+        Ok(self.entry(id, st))
+    }
+
+    fn unlink(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.remove(parent, name.to_bytes(), false)
+    }
+
+    fn rmdir(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.remove(parent, name.to_bytes(), true)
+    }
+
+    fn rename(
+        &self,
+        _ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.do_rename(olddir, oldname.to_bytes(), newdir, newname.to_bytes(), flags)
+    }
+
+    fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        let v = self.copy_up(inode, true)?;
+        if v.is_dir() {
+            return Err(errno(libc::EPERM));
+        }
+        let (id, st, _) = self.make(ctx, newparent, newname.to_bytes(), Make::Link(&v))?;
+        Ok(self.entry(id, st))
+    }
+
+    fn open(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let flags = flags as i32;
+        let trunc = flags & libc::O_TRUNC != 0;
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY || trunc;
+        let v = if write { self.copy_up(inode, !trunc)? } else { self.view(inode)? };
+        let opts = if flags & libc::O_DIRECT != 0 {
+            OpenOptions::DIRECT_IO
+        } else {
+            OpenOptions::KEEP_CACHE
+        };
+        let open = match &v.upper {
+            Some(h) => {
+                let f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
+                Open::Upper(File::from(self.upper.open(h, f)?))
+            }
+            None => {
+                let &(l, id) = v.lowers.first().ok_or_else(|| errno(libc::ESTALE))?;
+                match self.layers[l].open_file(id)? {
+                    Some(f) => Open::Lower(f),
+                    None => Open::Layer(l, id),
+                }
+            }
+        };
+        Ok((Some(self.add_handle(open)), opts, None))
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        let (id, st, file) =
+            self.make(ctx, parent, name.to_bytes(), Make::File(args.mode, args.flags))?;
+        let file = file.ok_or_else(|| errno(libc::EIO))?;
+        let opts = if args.flags as i32 & libc::O_DIRECT != 0 {
+            OpenOptions::DIRECT_IO
+        } else {
+            OpenOptions::KEEP_CACHE
+        };
+        let h = self.add_handle(Open::Upper(file));
+        Ok((self.entry(id, st), Some(h), opts, None))
+    }
+
+    fn read(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        match self.handle(handle)?.as_ref() {
+            Open::Upper(f) | Open::Lower(f) => {
+                crate::sys::with_file_mut(f, |f| w.write_from(f, size as usize, offset))
+            }
+            Open::Layer(l, id) => {
+                let data = self.layers[*l].read(*id, offset, u64::from(size))?;
+                w.write_all(&data)?;
+                Ok(data.len())
+            }
+            Open::Dir(_) => Err(errno(libc::EISDIR)),
+        }
+    }
+
+    fn write(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _delayed_write: bool,
+        _flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<usize> {
+        match self.handle(handle)?.as_ref() {
+            Open::Upper(f) => crate::sys::with_file_mut(f, |f| r.read_to(f, size as usize, offset)),
+            _ => Err(errno(libc::EBADF)),
+        }
+    }
+
+    fn flush(&self, _ctx: &Context, _inode: u64, _handle: u64, _lock_owner: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn fsync(&self, _ctx: &Context, _inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        match self.handle(handle)?.as_ref() {
+            Open::Upper(f) => {
+                if datasync {
+                    f.sync_data()
+                } else {
+                    f.sync_all()
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        match self.handle(handle)?.as_ref() {
+            Open::Upper(f) => nix::fcntl::fallocate(
+                f.as_raw_fd(),
+                nix::fcntl::FallocateFlags::from_bits_truncate(mode as i32),
+                offset as i64,
+                length as i64,
+            )
+            .map_err(io::Error::from),
+            _ => Err(errno(libc::EBADF)),
+        }
+    }
+
+    fn release(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        _flags: u32,
+        handle: u64,
+        _flush: bool,
+        _flock_release: bool,
+        _lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.handles.write().remove(&handle);
+        Ok(())
+    }
+
+    fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
+        crate::sys::fstatvfs(self.upper.root_fd())
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        if upper::is_private(name.to_bytes()) {
+            return Err(errno(libc::EPERM));
+        }
+        let v = self.copy_up(inode, true)?;
+        let (path, _fd, follow) = self.xattr_path(&v)?;
+        crate::sys::lsetxattr(&path, name.to_bytes(), value, flags as i32, follow)
+    }
+
+    fn getxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        if upper::is_private(name.to_bytes()) {
+            return Err(errno(libc::ENODATA));
+        }
+        let v = self.view(inode)?;
+        let val = if v.upper.is_some() {
+            let (path, _fd, follow) = self.xattr_path(&v)?;
+            let p = upper::as_path(&path);
+            let n = os(name.to_bytes());
+            if follow {
+                xattr::get_deref(p, n)?
+            } else {
+                xattr::get(p, n)?
+            }
+        } else {
+            self.all_xattrs(&v)?.into_iter().find(|(k, _)| k == name.to_bytes()).map(|(_, v)| v)
+        };
+        let val = val.ok_or_else(|| errno(libc::ENODATA))?;
+        match size {
+            0 => Ok(GetxattrReply::Count(val.len() as u32)),
+            s if (s as usize) < val.len() => Err(errno(libc::ERANGE)),
+            _ => Ok(GetxattrReply::Value(val)),
+        }
+    }
+
+    fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let v = self.view(inode)?;
+        let mut names = Vec::new();
+        for (k, _) in self.all_xattrs(&v)? {
+            if upper::is_private(&k) {
+                continue;
+            }
+            names.extend_from_slice(&k);
+            names.push(0);
+        }
+        match size {
+            0 => Ok(ListxattrReply::Count(names.len() as u32)),
+            s if (s as usize) < names.len() => Err(errno(libc::ERANGE)),
+            _ => Ok(ListxattrReply::Names(names)),
+        }
+    }
+
+    fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        if upper::is_private(name.to_bytes()) {
+            return Err(errno(libc::EPERM));
+        }
+        let v = self.copy_up(inode, true)?;
+        let (path, _fd, follow) = self.xattr_path(&v)?;
+        let p = upper::as_path(&path);
+        let n = os(name.to_bytes());
+        if follow {
+            xattr::remove_deref(p, n)
+        } else {
+            xattr::remove(p, n)
+        }
+    }
+
+    fn opendir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let v = self.view(inode)?;
+        if !v.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let parent_ino = self.view(v.parent).map(|p| p.ino).unwrap_or(v.ino);
+        let mut items = vec![
+            DirItem { name: b".".to_vec(), ino: v.ino, dtype: u32::from(libc::DT_DIR) },
+            DirItem { name: b"..".to_vec(), ino: parent_ino, dtype: u32::from(libc::DT_DIR) },
+        ];
+        items.extend(self.list(&v)?);
+        Ok((
+            Some(self.add_handle(Open::Dir(items))),
+            OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR,
+        ))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let o = self.handle(handle)?;
+        let Open::Dir(items) = o.as_ref() else { return Err(errno(libc::ENOTDIR)) };
+        for (i, it) in items.iter().enumerate().skip(offset as usize) {
+            let n = add_entry(DirEntry {
+                ino: it.ino,
+                offset: i as u64 + 1,
+                type_: it.dtype,
+                name: &it.name,
+            })?;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let o = self.handle(handle)?;
+        let Open::Dir(items) = o.as_ref() else { return Err(errno(libc::ENOTDIR)) };
+        let v = self.view(inode)?;
+        for (i, it) in items.iter().enumerate().skip(offset as usize) {
+            let de =
+                DirEntry { ino: it.ino, offset: i as u64 + 1, type_: it.dtype, name: &it.name };
+            if it.name == b"." || it.name == b".." {
+                if add_entry(de, self.negative())? == 0 {
+                    break;
+                }
+                continue;
+            }
+            let Some((id, st)) = self.child(&v, &it.name)? else { continue };
+            let de = DirEntry { ino: st.st_ino, ..de };
+            if add_entry(de, self.entry(id, st))? == 0 {
+                // Not sent: the kernel did not take this reference.
+                self.release(id);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        self.handles.write().remove(&handle);
+        Ok(())
+    }
+
+    fn fsyncdir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _datasync: bool,
+        _handle: u64,
+    ) -> io::Result<()> {
+        let v = self.view(inode)?;
+        if let Some(h) = &v.upper {
+            File::from(self.upper.open(h, libc::O_RDONLY | libc::O_DIRECTORY)?).sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn access(&self, _ctx: &Context, inode: u64, _mask: u32) -> io::Result<()> {
+        self.view(inode).map(|_| ())
+    }
+
+    fn lseek(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        use nix::unistd::Whence;
+        let w = match whence as i32 {
+            libc::SEEK_DATA => Whence::SeekData,
+            libc::SEEK_HOLE => Whence::SeekHole,
+            libc::SEEK_SET => Whence::SeekSet,
+            libc::SEEK_CUR => Whence::SeekCur,
+            libc::SEEK_END => Whence::SeekEnd,
+            _ => return Err(errno(libc::EINVAL)),
+        };
+        match self.handle(handle)?.as_ref() {
+            Open::Upper(f) | Open::Lower(f) => {
+                Ok(nix::unistd::lseek64(f.as_raw_fd(), offset as i64, w)? as u64)
+            }
+            _ => {
+                // A layer file without a plain file: all data, no holes.
+                let size = self.stat_view(&self.view(inode)?)?.st_size as u64;
+                match w {
+                    Whence::SeekData if offset < size => Ok(offset),
+                    Whence::SeekHole if offset < size => Ok(size),
+                    _ => Err(errno(libc::ENXIO)),
+                }
+            }
+        }
+    }
+}

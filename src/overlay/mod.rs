@@ -1,0 +1,413 @@
+//! The writable union filesystem: an upper directory stacked on read-only lower layers.
+//!
+//! The upper directory uses kernel overlayfs's on-disk format, so either implementation can
+//! mount what the other wrote: a whiteout is a char device 0/0, an opaque directory carries
+//! `trusted.overlay.opaque=y`, a renamed lower directory carries `trusted.overlay.redirect`
+//! (the absolute path of its lower origin). Lower layers implement [`layer::Layer`]: RAFS
+//! images and plain directories (where OCI `.wh.` whiteouts count too).
+//!
+//! Objects are nodes in an [`inode::Table`]: a node knows its upper object by kernel file handle
+//! (so renames never invalidate it and no descriptor is held per inode) and its lower objects
+//! by layer id. Copy-up stages the object in the work directory and renames it into place, so
+//! a crash leaves either the old state or the complete new object. Inode numbers shown to users
+//! come from the lower origin and survive copy-up (persisted in `trusted.overlay.strata.ino`).
+//!
+//! The FUSE side is in [`fs`]; docs/overlay.md lists the semantics and where we differ from the
+//! kernel.
+
+pub mod copyup;
+pub mod fs;
+pub mod inode;
+pub mod layer;
+pub mod upper;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::stat64;
+use parking_lot::{Mutex, RwLock};
+
+use self::inode::{NodeView, Table};
+use self::layer::{Found, Layer};
+use self::upper::Upper;
+
+/// How long the kernel may cache entries and attributes. Every change goes through the mount
+/// and the kernel keeps its caches coherent for those, so this can be long.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(86400);
+
+/// Errors setting up an overlay.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    /// A directory given is unusable.
+    #[error("{what} {path}: {source}")]
+    Dir {
+        /// Which option.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The upper and work directories are on different filesystems.
+    #[error("upperdir {upper} and workdir {work} must be on the same filesystem")]
+    CrossDevice {
+        /// Upper.
+        upper: String,
+        /// Work.
+        work: String,
+    },
+    /// The upper filesystem cannot name inodes by handle.
+    #[error("upperdir {0}: the filesystem does not support file handles (name_to_handle_at): {1}")]
+    NoHandles(String, io::Error),
+    /// No layers.
+    #[error("an overlay needs at least one lower layer")]
+    NoLowers,
+}
+
+/// What to stack.
+pub struct OverlayOptions {
+    /// Writable upper directory.
+    pub upper: PathBuf,
+    /// Work directory on the upper's filesystem (staging for copy-up and whiteouts).
+    pub work: PathBuf,
+    /// Read-only layers, top first.
+    pub lowers: Vec<Arc<dyn Layer>>,
+    /// fsync copied-up files before renaming them into place (kernel overlayfs does).
+    pub sync_copyup: bool,
+    /// Entry and attribute cache timeout.
+    pub timeout: Duration,
+}
+
+/// An open file or directory of the overlay.
+pub enum Open {
+    /// A file of the upper directory.
+    Upper(File),
+    /// A lower file read through a plain file.
+    Lower(File),
+    /// A lower file read through its layer.
+    Layer(usize, u64),
+    /// A directory listing, snapshot at opendir.
+    Dir(Vec<fs::DirItem>),
+}
+
+/// The union filesystem.
+pub struct OverlayFs {
+    layers: Vec<Arc<dyn Layer>>,
+    upper: Upper,
+    table: Mutex<Table>,
+    handles: RwLock<std::collections::HashMap<u64, Arc<Open>>>,
+    next_handle: AtomicU64,
+    /// Per-node copy-up locks (only while a copy-up of that node runs).
+    copyups: Mutex<std::collections::HashMap<u64, Arc<Mutex<()>>>>,
+    sync_copyup: bool,
+    timeout: Duration,
+}
+
+/// `st_ino` shown for an object of lower layer `layer` with inode number `ino`.
+pub fn lower_ino(layer: usize, ino: u64) -> u64 {
+    ((layer as u64 + 1) << 48) | (ino & ((1 << 48) - 1))
+}
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+fn is_dir(st: &stat64) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// What a name resolves to in a merged directory.
+pub struct Resolved {
+    /// The upper object: handle, attributes, and the ino it records (copied-up origin).
+    pub upper: Option<(sys_handle::FileHandle, stat64, Option<u64>)>,
+    /// The lower objects: for a directory every merged lower dir, top first; otherwise the one.
+    pub lowers: Vec<(usize, u64)>,
+    /// Attributes of the first lower object.
+    pub lower_st: Option<stat64>,
+    /// Directories: the path of the lower objects inside their layers.
+    pub lower_path: Option<Arc<[u8]>>,
+}
+
+/// Re-export of the handle type used by nodes.
+pub mod sys_handle {
+    pub use crate::sys::FileHandle;
+}
+
+impl OverlayFs {
+    /// Stack `opts.upper` on `opts.lowers`. Leftovers of an interrupted copy-up in the work
+    /// directory are removed.
+    pub fn new(opts: OverlayOptions) -> Result<Self, OverlayError> {
+        if opts.lowers.is_empty() {
+            return Err(OverlayError::NoLowers);
+        }
+        let upper = Upper::new(&opts.upper, &opts.work)?;
+        let mut lowers = Vec::new();
+        let mut lower_path = Some(Arc::from(&b""[..]));
+        for (i, l) in opts.lowers.iter().enumerate() {
+            let root = l.root().map_err(|source| OverlayError::Dir {
+                what: "lowerdir",
+                path: l.describe(),
+                source,
+            })?;
+            lowers.push((i, root));
+            if l.is_opaque(root).unwrap_or(false) {
+                break;
+            }
+        }
+        if lowers.is_empty() {
+            lower_path = None;
+        }
+        let root_ino = match lowers.first() {
+            Some(&(l, id)) => opts.lowers[l].getattr(id).map(|st| lower_ino(l, st.st_ino)).ok(),
+            None => None,
+        };
+        let root_handle = upper
+            .root_handle()
+            .map_err(|e| OverlayError::NoHandles(opts.upper.display().to_string(), e))?;
+        let root_st = crate::sys::fstatat(upper.root_fd(), b"").map_err(|source| {
+            OverlayError::Dir { what: "upperdir", path: opts.upper.display().to_string(), source }
+        })?;
+        let table = Table::new(
+            root_handle,
+            root_st.st_ino,
+            lowers,
+            lower_path,
+            root_ino.unwrap_or(root_st.st_ino),
+        );
+        // The kernel applied the caller's umask already; create with exactly that mode.
+        crate::sys::set_umask(0);
+        Ok(Self {
+            layers: opts.lowers,
+            upper,
+            table: Mutex::new(table),
+            handles: RwLock::new(Default::default()),
+            next_handle: AtomicU64::new(1),
+            copyups: Mutex::new(Default::default()),
+            sync_copyup: opts.sync_copyup,
+            timeout: opts.timeout,
+        })
+    }
+
+    /// The upper directory.
+    pub fn upper_dir(&self) -> &Path {
+        self.upper.path()
+    }
+
+    fn view(&self, id: u64) -> io::Result<NodeView> {
+        self.table.lock().view(id).ok_or_else(|| errno(libc::ESTALE))
+    }
+
+    /// An O_PATH descriptor of the node's upper object.
+    fn upper_fd(&self, v: &NodeView) -> io::Result<Option<OwnedFd>> {
+        match &v.upper {
+            Some(h) => self.upper.open(h, libc::O_PATH | libc::O_NOFOLLOW).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Attributes of a node as users see them.
+    fn stat_view(&self, v: &NodeView) -> io::Result<stat64> {
+        let mut st = match self.upper_fd(v)? {
+            Some(fd) => crate::sys::fstatat(fd.as_raw_fd(), b"")?,
+            None => {
+                let &(l, id) = v.lowers.first().ok_or_else(|| errno(libc::ESTALE))?;
+                self.layers[l].getattr(id)?
+            }
+        };
+        self.present(v, &mut st);
+        Ok(st)
+    }
+
+    /// Adjust real attributes for the overlay: the stable inode number, and nlink 1 for a
+    /// merged directory (its real link counts do not count subdirectories of other layers,
+    /// and 1 tells `find` not to use them).
+    fn present(&self, v: &NodeView, st: &mut stat64) {
+        st.st_ino = v.ino;
+        if is_dir(st) && (v.lowers.len() + usize::from(v.upper.is_some())) > 1 {
+            st.st_nlink = 1;
+        }
+    }
+
+    /// Resolve `name` in the merged directory `p`.
+    fn resolve(&self, p: &NodeView, name: &[u8]) -> io::Result<Option<Resolved>> {
+        let mut r = Resolved { upper: None, lowers: Vec::new(), lower_st: None, lower_path: None };
+        let mut search_lower = true;
+        let mut redirect: Option<Vec<u8>> = None;
+        if let Some(pfd) = self.upper_fd(p)? {
+            match crate::sys::fstatat(pfd.as_raw_fd(), name) {
+                Ok(st) if layer::is_whiteout(&st) => return Ok(None),
+                Ok(st) => {
+                    let path = upper::child_path(pfd.as_raw_fd(), name);
+                    let origin = upper::origin_ino(&path);
+                    if is_dir(&st) {
+                        if upper::is_opaque(&path) {
+                            search_lower = false;
+                        }
+                        redirect = upper::redirect(&path);
+                    } else {
+                        search_lower = false;
+                    }
+                    let h = crate::sys::name_to_handle_at(pfd.as_raw_fd(), name)?;
+                    r.upper = Some((h, st, origin));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if search_lower {
+            match redirect {
+                Some(abs) if abs.starts_with(b"/") => {
+                    let rel = abs.strip_prefix(b"/").unwrap_or(&abs).to_vec();
+                    self.resolve_abs(&rel, &mut r)?;
+                    r.lower_path = Some(rel.into());
+                }
+                other => {
+                    let lname = other.as_deref().unwrap_or(name);
+                    self.resolve_lower(p, lname, &mut r)?;
+                    if let Some(pp) = &p.lower_path {
+                        r.lower_path = Some(join(pp, lname).into());
+                    }
+                }
+            }
+        }
+        if r.upper.is_none() && r.lowers.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(r))
+    }
+
+    /// Look `name` up in the lower directories of `p`, merging directories.
+    fn resolve_lower(&self, p: &NodeView, name: &[u8], r: &mut Resolved) -> io::Result<()> {
+        let merging_dir = r.upper.as_ref().map(|(_, st, _)| is_dir(st));
+        for &(l, dir) in &p.lowers {
+            match self.layers[l].lookup(dir, name)? {
+                Found::Whiteout => break,
+                Found::Missing => continue,
+                Found::Entry(id, st) => {
+                    // Below a directory only directories merge; anything else ends it.
+                    if (merging_dir == Some(true) || !r.lowers.is_empty()) && !is_dir(&st) {
+                        break;
+                    }
+                    if r.lower_st.is_none() {
+                        r.lower_st = Some(st);
+                    }
+                    r.lowers.push((l, id));
+                    if !is_dir(&st) || self.layers[l].is_opaque(id)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Follow an absolute redirect (`a/b/c` from each layer's root).
+    fn resolve_abs(&self, rel: &[u8], r: &mut Resolved) -> io::Result<()> {
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut cur = layer.root()?;
+            let mut st = None;
+            let mut gone = false;
+            for comp in rel.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+                match layer.lookup(cur, comp)? {
+                    Found::Entry(id, s) => {
+                        cur = id;
+                        st = Some(s);
+                    }
+                    _ => {
+                        gone = true;
+                        break;
+                    }
+                }
+            }
+            let Some(s) = st.filter(|s| !gone && is_dir(s)) else { continue };
+            if r.lower_st.is_none() {
+                r.lower_st = Some(s);
+            }
+            r.lowers.push((l, cur));
+            if layer.is_opaque(cur)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a lower layer below `p` still shows `name` (then removing or moving it from the
+    /// upper needs a whiteout).
+    fn lower_has(&self, p: &NodeView, name: &[u8]) -> io::Result<bool> {
+        for &(l, dir) in &p.lowers {
+            match self.layers[l].lookup(dir, name)? {
+                Found::Whiteout => return Ok(false),
+                Found::Missing => continue,
+                Found::Entry(..) => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Install a resolved object as a node (or find the node it already is), counting one
+    /// kernel lookup; returns its id and attributes.
+    fn install(&self, parent: u64, name: &[u8], r: Resolved) -> io::Result<(u64, stat64)> {
+        let (mut st, ino) = match (&r.upper, &r.lower_st) {
+            (Some((_, st, origin)), lst) => {
+                let ino = origin
+                    .or_else(|| {
+                        let (&(l, _), lst) = (r.lowers.first()?, lst.as_ref()?);
+                        Some(lower_ino(l, lst.st_ino))
+                    })
+                    .unwrap_or(st.st_ino);
+                (*st, ino)
+            }
+            (None, Some(lst)) => (*lst, lower_ino(r.lowers[0].0, lst.st_ino)),
+            (None, None) => return Err(errno(libc::ENOENT)),
+        };
+        let id = self.table.lock().install(parent, name, &r, st.st_mode & libc::S_IFMT, ino);
+        let v = self.view(id)?;
+        self.present(&v, &mut st);
+        Ok((id, st))
+    }
+
+    /// Register an open object; returns its handle.
+    fn add_handle(&self, o: Open) -> u64 {
+        let h = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles.write().insert(h, Arc::new(o));
+        h
+    }
+
+    fn handle(&self, h: u64) -> io::Result<Arc<Open>> {
+        self.handles.read().get(&h).cloned().ok_or_else(|| errno(libc::EBADF))
+    }
+}
+
+/// `dir/name` with `dir` possibly empty (the root).
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    if !dir.is_empty() {
+        p.extend_from_slice(dir);
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lower_inos_are_unique_across_layers() {
+        assert_ne!(lower_ino(0, 5), lower_ino(1, 5));
+        assert_ne!(lower_ino(0, 5), 5);
+        assert_eq!(lower_ino(2, 7) >> 48, 3);
+    }
+
+    #[test]
+    fn join_handles_the_root() {
+        assert_eq!(join(b"", b"a"), b"a");
+        assert_eq!(join(b"a/b", b"c"), b"a/b/c");
+    }
+}
