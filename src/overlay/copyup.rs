@@ -56,7 +56,13 @@ impl OverlayFs {
         let pfd = self.upper.open(ph, libc::O_PATH | libc::O_DIRECTORY)?;
         let work = self.upper.work_fd();
         let tmp = self.upper.tmp_name();
-        let built = self.build_copy(layer.as_ref(), lid, &st, v.ino, &tmp, data);
+        // Copy-up is not a change users made: the parent keeps its times (as in the kernel).
+        let pst = crate::sys::fstatat(pfd.as_raw_fd(), b"")?;
+        // A copy of one name of a lower hard link is a new file: it cannot keep the inode
+        // number the other names still show (kernel overlayfs without index does the same).
+        let keep_ino = st.st_nlink <= 1 || v.is_dir();
+        let built =
+            self.build_copy(layer.as_ref(), lid, &st, keep_ino.then_some(v.ino), &tmp, data);
         let placed = built.and_then(|()| {
             upper::rename(
                 work,
@@ -70,9 +76,15 @@ impl OverlayFs {
             let _ = upper::remove_tree(work, &tmp);
             return Err(e);
         }
+        let ts = |s: i64, ns: i64| libc::timespec { tv_sec: s, tv_nsec: ns };
+        crate::sys::utimensat(
+            pfd.as_raw_fd(),
+            b"",
+            [ts(pst.st_atime, pst.st_atime_nsec), ts(pst.st_mtime, pst.st_mtime_nsec)],
+        )?;
         let h = crate::sys::name_to_handle_at(pfd.as_raw_fd(), &v.name)?;
         let ust = crate::sys::fstatat(pfd.as_raw_fd(), &v.name)?;
-        self.table.lock().copied_up(v.id, h, ust.st_ino);
+        self.table.lock().copied_up(v.id, h, ust.st_ino, (!keep_ino).then_some(ust.st_ino));
         self.view(v.id)
     }
 
@@ -82,7 +94,7 @@ impl OverlayFs {
         layer: &dyn Layer,
         lid: u64,
         st: &libc::stat64,
-        ino: u64,
+        ino: Option<u64>,
         tmp: &[u8],
         data: bool,
     ) -> io::Result<()> {
@@ -135,7 +147,9 @@ impl OverlayFs {
         if kind != libc::S_IFLNK {
             upper::chmod(&path, st.st_mode)?;
         }
-        upper::set_private(&path, upper::ORIGIN_INO, ino.to_string().as_bytes())?;
+        if let Some(ino) = ino {
+            upper::set_private(&path, upper::ORIGIN_INO, ino.to_string().as_bytes())?;
+        }
         let ts = |s: i64, ns: i64| libc::timespec { tv_sec: s, tv_nsec: ns };
         crate::sys::utimensat(
             work,

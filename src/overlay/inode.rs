@@ -122,9 +122,13 @@ impl Table {
     /// Find or create the node for a resolved object and count one lookup.
     pub fn install(&mut self, parent: u64, name: &[u8], r: &Resolved, kind: u32, ino: u64) -> u64 {
         let upper_ino = r.upper.as_ref().map(|(_, st, _)| st.st_ino);
+        // Names of one lower hard link get a node each, as in kernel overlayfs without an
+        // index: each copies up on its own (sharing one node would copy up the wrong name).
+        let shareable = kind == libc::S_IFDIR || r.lower_st.is_none_or(|st| st.st_nlink <= 1);
         let existing = match upper_ino {
             Some(u) => self.by_upper.get(&u).copied(),
-            None => r.lowers.first().and_then(|k| self.by_lower.get(k).copied()),
+            None if shareable => r.lowers.first().and_then(|k| self.by_lower.get(k).copied()),
+            None => None,
         }
         .filter(|id| self.nodes.get(id).is_some_and(|n| n.kind == kind));
         if let Some(id) = existing {
@@ -164,7 +168,7 @@ impl Table {
         );
         if let Some(u) = upper_ino {
             self.by_upper.insert(u, id);
-        } else if let Some(k) = r.lowers.first() {
+        } else if let Some(k) = r.lowers.first().filter(|_| shareable) {
             self.by_lower.insert(*k, id);
         }
         id
@@ -199,11 +203,15 @@ impl Table {
         self.install(parent, name, &r, kind, ino)
     }
 
-    /// Node `id` now has an upper object (copy-up finished).
-    pub fn copied_up(&mut self, id: u64, upper: FileHandle, upper_ino: u64) {
+    /// Node `id` now has an upper object (copy-up finished); `shown` replaces the inode
+    /// number users see when the copy could not keep the lower one.
+    pub fn copied_up(&mut self, id: u64, upper: FileHandle, upper_ino: u64, shown: Option<u64>) {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.upper = Some(Arc::new(upper));
             n.upper_ino = Some(upper_ino);
+            if let Some(s) = shown {
+                n.ino = s;
+            }
             self.by_upper.insert(upper_ino, id);
         }
     }
@@ -307,15 +315,25 @@ mod tests {
     }
 
     #[test]
-    fn lower_hard_links_share_a_node_until_one_name_is_removed() {
+    fn lower_objects_share_a_node_until_their_name_is_removed() {
         let mut t = Table::new(handle(0), 2, vec![(0, 1)], None, 100);
         let a = t.install(ROOT, b"a", &lower(0, 7, 7), libc::S_IFREG, 77);
-        let b = t.install(ROOT, b"b", &lower(0, 7, 7), libc::S_IFREG, 77);
-        assert_eq!(a, b);
+        let again = t.install(ROOT, b"a", &lower(0, 7, 7), libc::S_IFREG, 77);
+        assert_eq!(a, again);
         assert_eq!(t.nodes[&a].lookups, 2);
         t.unlinked(a, ROOT, b"a", false);
-        let b2 = t.install(ROOT, b"b", &lower(0, 7, 7), libc::S_IFREG, 77);
+        let b2 = t.install(ROOT, b"a", &lower(0, 7, 7), libc::S_IFREG, 77);
         assert_ne!(a, b2, "a removed name must not be copied up again through another name");
+    }
+
+    #[test]
+    fn names_of_a_lower_hard_link_get_a_node_each() {
+        let mut t = Table::new(handle(0), 2, vec![(0, 1)], None, 100);
+        let mut r = lower(0, 7, 7);
+        r.lower_st.as_mut().unwrap().st_nlink = 2;
+        let a = t.install(ROOT, b"a", &r, libc::S_IFREG, 77);
+        let b = t.install(ROOT, b"b", &r, libc::S_IFREG, 77);
+        assert_ne!(a, b);
     }
 
     #[test]
@@ -336,7 +354,7 @@ mod tests {
         t.unlinked(a, ROOT, b"a", true);
         let b = t.created(ROOT, b"b", libc::S_IFREG, handle(2), 50, 50);
         assert_ne!(a, b);
-        t.copied_up(b, handle(3), 51);
+        t.copied_up(b, handle(3), 51, None);
         assert_eq!(t.by_upper.get(&51), Some(&b));
     }
 }

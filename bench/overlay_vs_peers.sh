@@ -1,0 +1,400 @@
+#!/usr/bin/env bash
+# stratad's writable overlay against fuse-overlayfs (Debian package) and kernel overlayfs
+# (`mount -t overlay`, the baseline), all in ONE run, with the workloads and correctness checks
+# of /work/shared/research/overlay-bench.md section 1:
+#   stat_cold stat_warm read_all seq_read rand_read copyup_append copyup_256m whiteout_rm
+#   md_create md_fsync md_unlink seq_write untar git compileall, then umount + remount and a
+#   persistence check of what the passing workloads changed.
+# Every system gets a fresh copy of the same generated lower tree and empty upper/work dirs
+# (same filesystem), is mounted, runs every workload back to back, is unmounted, remounted for
+# the persistence check and unmounted again. A workload whose check fails is reported FAILED
+# (with the check's output) and the run goes on. "cold" workloads run after
+# `sync; echo 3 > /proc/sys/vm/drop_caches` (rand_read also has fio's invalidate).
+#
+# Helpers: bench/overlay_workload.c (timed inner loops, compiled here with gcc -O2) and
+# bench/overlay_bench.py (tree generation, workloads + checks, persistence, report).
+#
+# Output: one JSON object (stdout, or the file OUT names), then a markdown table on stdout:
+# each workload's rate and, in parentheses, the ratio system / kovl of this run (>1 = faster
+# than the kernel), then every failed check verbatim. Progress goes to stderr.
+#
+# Environment:
+#   SYSTEMS="strata fuse-overlayfs kovl"   systems, run in this order (kovl is the baseline
+#                    and is listed first in the table); also `stratad-rafs` (TODO stub: the
+#                    lower served from a RAFS image; reported as skipped for now)
+#   STRATAD=target/release/stratad (of this repo)   the stratad binary
+#   STRATA=target/release/strata                    for stratad-rafs only
+#   SCALE=0.25       size of the generated data relative to the spec's (SCALE=1):
+#                      tree/      30 000*SCALE files (+30*SCALE files of 1-6 MiB, 200*SCALE
+#                                 symlinks) in 3 000*SCALE dirs under 120*SCALE packages
+#                      big.bin    1024*SCALE MiB (min 16): seq_read, rand_read reads a quarter
+#                                 of its 4 KiB blocks; seq_write writes the same size
+#                      untar.tar  20 000*SCALE files in 2 000*SCALE dirs (+1)
+#                    unscaled at every SCALE: cu256.bin 256 MiB, cu/ 1000 files, rmme/ 5 261
+#                    entries, md_create 10 000 files, md_fsync 1 000, src/ 1 000 modules.
+#                    SCALE=0.25: 7 500 files in tree/, 256 MiB big.bin, 5 000-file untar;
+#                    a 2-system run (fuse-overlayfs kovl) takes ~1.5 min on 2 cores.
+#                    SCALE=1 (the spec's sizes: 33 230-entry tree, 1 GiB, 20 000-file untar)
+#                    takes ~4 min for those two.
+#   SEED=42          seed of the generated tree (same content for every system)
+#   WL_TIMEOUT=600   seconds one workload step may take before it counts as hung (FAILED)
+#   OUT=             write the JSON to this file instead of stdout
+#   KEEP=0           1 keeps the work dir (lower, per-system upper dirs, daemon logs, raw jsonl)
+#   TMPDIR=/var/tmp  parent of the work dir
+#   PYTHON=python3   interpreter for the helper and the compileall workload
+#
+# Needs root (mounts, FUSE, drop_caches), gcc, python3, git, tar, and fuse-overlayfs / stratad
+# for those systems; fio for rand_read (without it a C fallback does the same reads).
+# Installs nothing: apt-get install -y fio fuse-overlayfs git python3
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+SYSTEMS=${SYSTEMS:-"strata fuse-overlayfs kovl"}
+STRATAD=${STRATAD:-$ROOT/target/release/stratad}
+STRATA=${STRATA:-$ROOT/target/release/strata}
+SCALE=${SCALE:-0.25}
+SEED=${SEED:-42}
+WL_TIMEOUT=${WL_TIMEOUT:-600}
+OUT=${OUT:-}
+KEEP=${KEEP:-0}
+PYTHON=${PYTHON:-python3}
+T_START=$(date +%s.%N)
+
+say() { echo "overlay_vs_peers: $*" >&2; }
+die_usage() { say "$*"; exit 2; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "SKIPPED: needs root (overlay and FUSE mounts, drop_caches)"
+    exit 0
+fi
+case $SEED in '' | *[!0-9]*) die_usage "SEED=$SEED: expected a non-negative integer" ;; esac
+case $WL_TIMEOUT in '' | *[!0-9]*) die_usage "WL_TIMEOUT=$WL_TIMEOUT: expected seconds" ;; esac
+awk -v s="$SCALE" 'BEGIN { exit !(s ~ /^[0-9]*\.?[0-9]+$/ && s > 0 && s <= 4) }' \
+    || die_usage "SCALE=$SCALE: expected a number in (0, 4]"
+for s in $SYSTEMS; do
+    case $s in
+        strata | stratad-rafs | fuse-overlayfs | kovl) ;;
+        *) die_usage "unknown system '$s' in SYSTEMS (strata stratad-rafs fuse-overlayfs kovl)" ;;
+    esac
+done
+[ -n "$SYSTEMS" ] || die_usage "SYSTEMS is empty"
+for t in gcc tar git timeout mount umount; do
+    command -v "$t" >/dev/null 2>&1 || die_usage "$t is required (this script installs nothing)"
+done
+PY=$("$PYTHON" -c 'import sys; print(sys.executable)' 2>/dev/null) \
+    || die_usage "$PYTHON (python3) is required"
+GIT=$(command -v git)
+FIO=$(command -v fio || true)
+[ -n "$FIO" ] || say "fio not installed: rand_read uses overlay_workload's randread fallback"
+case " $SYSTEMS " in
+    *" fuse-overlayfs "*) command -v fuse-overlayfs >/dev/null 2>&1 \
+        || die_usage "fuse-overlayfs is not installed (apt-get install -y fuse-overlayfs)" ;;
+esac
+case " $SYSTEMS " in
+    *" strata "* | *" stratad-rafs "*) [ -x "$STRATAD" ] \
+        || die_usage "STRATAD=$STRATAD is not an executable (build it or set STRATAD)" ;;
+esac
+case " $SYSTEMS " in
+    *" kovl "*) grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
+        grep -qw overlay /proc/filesystems || die_usage "the kernel has no overlay filesystem" ;;
+esac
+case " $SYSTEMS " in
+    *" strata "* | *" fuse-overlayfs "*) [ -c /dev/fuse ] || die_usage "/dev/fuse is missing" ;;
+esac
+
+# --- work dir and cleanup --------------------------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/strata-overlay-bench-XXXXXX")
+case $WORK in
+    *[[:space:]]* | *:* | *,*) rmdir "$WORK"; die_usage "work dir '$WORK' has whitespace, ':' or ','; set TMPDIR" ;;
+esac
+LOGS=$WORK/logs
+RES=$WORK/results
+mkdir -p "$LOGS" "$RES"
+MOUNTED=() # mount points this script mounted (by path)
+PIDS=()    # daemons this script started (by pid)
+CUR_PID=
+
+is_mounted() { # exact mount point match in our mount namespace (never stats the FUSE dir)
+    awk -v p="$1" '$5 == p { f = 1 } END { exit !f }' /proc/self/mountinfo
+}
+
+fuse_abort() { # abort the FUSE connection of OUR mount point $1 (when its daemon hangs)
+    local dev
+    dev=$(awk -v p="$1" '$5 == p { split($3, d, ":"); print d[2] }' /proc/self/mountinfo | tail -1)
+    [ -n "$dev" ] && [ -e "/sys/fs/fuse/connections/$dev/abort" ] \
+        && echo 1 >"/sys/fs/fuse/connections/$dev/abort"
+}
+
+reap() { # pid: wait for our daemon to exit after its umount; TERM, then KILL if it does not
+    local pid=$1 i
+    for i in $(seq 1 300); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "pid $pid still running 30 s after its umount; SIGTERM"
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -0 "$pid" 2>/dev/null && { say "pid $pid ignored SIGTERM; SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; }
+    fi
+    REAP_RC=0
+    wait "$pid" 2>/dev/null || REAP_RC=$?
+}
+
+cleanup() {
+    local rc=$? m p i
+    set +e
+    trap - EXIT INT TERM
+    for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
+        m=${MOUNTED[$i]}
+        if is_mounted "$m"; then
+            say "cleanup: umount $m"
+            timeout 30 umount "$m" 2>/dev/null || { fuse_abort "$m"; umount -l "$m"; }
+        fi
+    done
+    for p in "${PIDS[@]}"; do
+        if kill -0 "$p" 2>/dev/null; then
+            say "cleanup: stopping pid $p"
+            reap "$p"
+        fi
+    done
+    if [ "$KEEP" = 1 ]; then
+        say "kept work dir $WORK"
+    elif awk -v w="$WORK/" 'index($5, w) == 1 { f = 1 } END { exit !f }' /proc/self/mountinfo; then
+        say "cleanup: something is still mounted under $WORK; NOT removing it"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- helper, lower tree, assets --------------------------------------------------------------
+WL=$WORK/overlay_workload
+gcc -O2 -Wall -o "$WL" "$BENCH/overlay_workload.c" || die_usage "gcc failed on bench/overlay_workload.c"
+LOWER=$WORK/lower
+ASSETS=$WORK/assets
+say "generating the lower tree (SCALE=$SCALE, SEED=$SEED) in $LOWER"
+T0=$(date +%s.%N)
+"$PY" "$BENCH/overlay_bench.py" gen --lower "$LOWER" --assets "$ASSETS" --scale "$SCALE" --seed "$SEED"
+sync
+GEN_S=$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+say "generated in ${GEN_S}s"
+
+# --- systems ---------------------------------------------------------------------------------
+declare -A DESC CMD EXITS START_ERR SKIP
+
+# start_sys SYSTEM TAG: mount SYSTEM over $D/{lower,upper,work} at $D/mnt; sets CUR_PID for
+# FUSE daemons; returns 1 (with START_ERR set) when it does not come up.
+start_sys() {
+    local s=$1 tag=$2 log=$LOGS/$1.$2.log i rc
+    local L=$D/lower U=$D/upper W=$D/work M=$D/mnt
+    CUR_PID=
+    case $s in
+        kovl)
+            CMD[$s]="mount -t overlay overlay -o lowerdir=L,upperdir=U,workdir=W M"
+            if ! mount -t overlay overlay -o "lowerdir=$L,upperdir=$U,workdir=$W" "$M" 2>"$log"; then
+                START_ERR[$s]="mount -t overlay failed: $(tr '\n' ' ' <"$log")"
+                return 1
+            fi
+            MOUNTED+=("$M")
+            return 0
+            ;;
+        fuse-overlayfs)
+            CMD[$s]="fuse-overlayfs -f -o lowerdir=L,upperdir=U,workdir=W M"
+            fuse-overlayfs -f -o "lowerdir=$L,upperdir=$U,workdir=$W" "$M" >"$log" 2>&1 &
+            ;;
+        strata)
+            CMD[$s]="stratad overlay --lowerdir=L --upperdir=U --workdir=W --mountpoint=M --log-file=F"
+            "$STRATAD" overlay --lowerdir="$L" --upperdir="$U" --workdir="$W" --mountpoint="$M" \
+                --log-file="$LOGS/stratad.$tag.log" >"$log" 2>&1 &
+            ;;
+    esac
+    CUR_PID=$!
+    PIDS+=("$CUR_PID")
+    MOUNTED+=("$M")
+    for i in $(seq 1 600); do # 30 s
+        if ! kill -0 "$CUR_PID" 2>/dev/null; then
+            rc=0
+            wait "$CUR_PID" || rc=$?
+            START_ERR[$s]="$s ($tag) exited with status $rc before mounting: $(tail -c 800 "$log" | tr '\n' ' ')"
+            CUR_PID=
+            return 1
+        fi
+        is_mounted "$M" && return 0
+        sleep 0.05
+    done
+    START_ERR[$s]="$s ($tag, pid $CUR_PID) did not mount within 30 s: $(tail -c 800 "$log" | tr '\n' ' ')"
+    return 1
+}
+
+stop_sys() { # SYSTEM TAG: umount, then wait for the daemon
+    local s=$1 tag=$2 M=$D/mnt
+    if is_mounted "$M"; then
+        if ! timeout 60 umount "$M" 2>>"$LOGS/$s.$tag.log"; then
+            say "$s: umount $M failed or hung; aborting the connection and lazy unmount"
+            EXITS[$s]+="umount-failed($tag) "
+            fuse_abort "$M" || true
+            umount -l "$M" || true
+        fi
+    fi
+    if [ -n "$CUR_PID" ]; then
+        reap "$CUR_PID"
+        EXITS[$s]+="$REAP_RC "
+        [ "$REAP_RC" = 0 ] || say "$s ($tag) daemon exited with status $REAP_RC"
+        CUR_PID=
+    fi
+}
+
+tail_logs() { # SYSTEM: the last lines of its daemon's stderr and log file (for the JSON)
+    local f
+    for f in "$LOGS/$1".*.log "$LOGS"/stratad.*.log; do
+        case $f in *"/$1."* | *"/stratad."*) ;; *) continue ;; esac
+        [ "$1" != strata ] && case $f in */stratad.*) continue ;; esac
+        [ -s "$f" ] || continue
+        echo "== ${f##*/}"
+        tail -n 15 "$f"
+    done 2>/dev/null
+}
+
+run_py() { # the helper under an outer limit, in case a syscall of its own hangs on a FUSE mount
+    timeout -k 10 $((WL_TIMEOUT * 20)) "$PY" "$BENCH/overlay_bench.py" "$@"
+}
+
+DESC[kovl]="kernel overlayfs ($(uname -r), default options)"
+DESC[fuse-overlayfs]="fuse-overlayfs $(fuse-overlayfs --version 2>/dev/null | awk '/fuse-overlayfs/ { print $NF }' | head -1)"
+DESC[strata]="stratad overlay (plain-dir lower)"
+DESC[stratad-rafs]="stratad overlay (RAFS lower)"
+
+for s in $SYSTEMS; do
+    D=$WORK/sys/$s
+    if [ "$s" = stratad-rafs ]; then
+        # TODO(stratad-rafs): build the lower into an image once per run,
+        #   "$STRATA" image create -B "$WORK/rafs/boot" -D "$WORK/rafs/blobs" "$LOWER"
+        # then serve it with a config file naming the bootstrap, the blob dir and the
+        # upper/work dirs, and the checks that read "the lower file" must read $LOWER.
+        # Wire it when stratad's RAFS-lower overlay command line exists.
+        SKIP[$s]="TODO: stratad overlay over a RAFS lower is not wired in this script yet"
+        say "$s: skipped (${SKIP[$s]})"
+        continue
+    fi
+    say "== $s: copying the lower, mounting"
+    mkdir -p "$D/upper" "$D/work" "$D/mnt"
+    cp -a "$LOWER" "$D/lower"
+    sync
+    if [ "$s" = strata ]; then
+        DESC[$s]="stratad overlay ($(timeout 5 "$STRATAD" --version 2>/dev/null | head -1 || true), plain-dir lower)"
+    fi
+    if start_sys "$s" run; then
+        run_py run --system "$s" --mnt "$D/mnt" --lower "$D/lower" --assets "$ASSETS" --wl "$WL" \
+            --out "$RES/$s.jsonl" --pid "${CUR_PID:-0}" --timeout "$WL_TIMEOUT" --fio "$FIO" \
+            --git "$GIT" --python "$PY" \
+            || START_ERR[$s]="the workload helper exited with status $? (see stderr)"
+        stop_sys "$s" run
+        say "$s: remounting for the persistence check"
+        if start_sys "$s" remount; then
+            run_py persist --system "$s" --mnt "$D/mnt" --lower "$D/lower" --assets "$ASSETS" \
+                --wl "$WL" --out "$RES/$s.jsonl" --results "$RES/$s.jsonl" --pid "${CUR_PID:-0}" \
+                --timeout "$WL_TIMEOUT" --git "$GIT" --python "$PY" \
+                || say "$s: persistence helper exited with status $?"
+            stop_sys "$s" remount
+        else
+            say "$s: ${START_ERR[$s]}"
+            echo "{\"system\": \"$s\", \"workload\": \"persistence\", \"status\": \"FAILED\", \"check\": $(printf '%s' "remount failed: ${START_ERR[$s]}" | "$PY" -c 'import json,sys; print(json.dumps(sys.stdin.read()))')}" >>"$RES/$s.jsonl"
+        fi
+    else
+        say "$s: ${START_ERR[$s]}"
+    fi
+    tail_logs "$s" >"$RES/$s.logtail" || true
+    if [ "$KEEP" != 1 ]; then
+        rm -rf "$D"
+    fi
+done
+
+# --- report ----------------------------------------------------------------------------------
+T_END=$(date +%s.%N)
+META=$WORK/meta.json
+{
+    for s in $SYSTEMS; do
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$s" "${DESC[$s]:-}" "${CMD[$s]:-}" "${EXITS[$s]:-}" \
+            "${START_ERR[$s]:-}" "${SKIP[$s]:-}"
+    done
+} >"$WORK/systems.tsv"
+B_SCALE=$SCALE B_SEED=$SEED B_GEN_S=$GEN_S B_WL_TIMEOUT=$WL_TIMEOUT B_FIO="$FIO" \
+    B_FIO_V="$([ -n "$FIO" ] && "$FIO" --version 2>/dev/null || true)" \
+    B_GIT_V="$("$GIT" --version)" B_TAR_V="$(tar --version | head -1)" \
+    B_STRATAD="$STRATAD" B_WALL="$(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.1f", b - a }')" \
+    B_WORKFS="$(stat -f -c %T "$WORK")" B_ASSETS="$ASSETS" B_RES="$RES" \
+    "$PY" - "$WORK/systems.tsv" "$META" <<'PY'
+import datetime, json, os, sys
+
+E = os.environ
+systems_tsv, meta_out = sys.argv[1:3]
+m = json.load(open(os.path.join(E["B_ASSETS"], "manifest.json")))
+
+def first(path, key):
+    try:
+        for line in open(path):
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+systems, skipped = {}, {}
+for line in open(systems_tsv):
+    name, desc, cmd, exits, err, skip = (line.rstrip("\n").split("\t") + [""] * 6)[:6]
+    info = {"desc": desc, "cmd": cmd, "daemon_exit_status": exits.split()}
+    if name == "strata":
+        info["binary"] = E["B_STRATAD"]
+        try:
+            st = os.stat(E["B_STRATAD"])
+            info["binary_mtime"] = datetime.datetime.fromtimestamp(
+                st.st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")
+        except OSError:
+            pass
+    if err:
+        info["error"] = err
+    if skip:
+        skipped[name] = skip
+    tail = os.path.join(E["B_RES"], name + ".logtail")
+    if os.path.exists(tail) and os.path.getsize(tail):
+        info["log_tail"] = open(tail, errors="replace").read()[-4000:]
+    systems[name] = info
+meta = {
+    "machine": {
+        "nproc": os.cpu_count(), "kernel": os.uname().release,
+        "cpu": first("/proc/cpuinfo", "model name"), "mem_total": first("/proc/meminfo", "MemTotal"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_at_end": open("/proc/loadavg").read().split()[:3], "work_dir_fs": E["B_WORKFS"],
+    },
+    "params": {
+        "scale": float(E["B_SCALE"]), "seed": int(E["B_SEED"]),
+        "tree_entries": m["tree"]["entries"], "tree_files": m["tree"]["files"],
+        "tree_mib": round(m["tree"]["bytes"] / 2**20, 1), "big_mib": m["big"]["mib"],
+        "rand_read_blocks": m["big"]["rand_blocks"], "cu256_mib": m["cu256"]["mib"],
+        "untar_files": m["untar"]["files"], "untar_dirs": m["untar"]["dirs"],
+        "lower_generation_s": float(E["B_GEN_S"]), "wl_timeout_s": int(E["B_WL_TIMEOUT"]),
+        "fio": E["B_FIO_V"] or None, "git": E["B_GIT_V"], "tar": E["B_TAR_V"],
+        "units": "MiB/s = 2^20 bytes per second; rates are higher-is-better",
+    },
+    "systems": systems,
+    "skipped": skipped,
+    "wall_seconds": float(E["B_WALL"]),
+}
+json.dump(meta, open(meta_out, "w"), indent=1)
+PY
+
+# kovl (the baseline) first in the table, the others in run order
+ORDER=""
+case " $SYSTEMS " in *" kovl "*) ORDER="kovl" ;; esac
+for s in $SYSTEMS; do [ "$s" = kovl ] || ORDER="$ORDER $s"; done
+"$PY" "$BENCH/overlay_bench.py" report --results "$RES" --systems "$ORDER" --meta "$META" \
+    ${OUT:+--json-out "$OUT"}
+[ -z "$OUT" ] || say "JSON written to $OUT"

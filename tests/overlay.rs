@@ -1,0 +1,455 @@
+//! Tier 3: the writable overlay through the kernel (root: FUSE mounts, kernel overlayfs).
+//! Oracles: kernel overlayfs over the same directories (both ways), pjdfstest, and the tools
+//! containers run (git, python3 venv, tar).
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_same, require_root, require_tool, snapshot_dir, Compare};
+
+fn stratad_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_stratad"))
+}
+
+fn mounted(mnt: &Path) -> bool {
+    let want = mnt.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A stratad overlay mount; unmounted (and the daemon reaped) on drop, also when a test fails.
+struct Overlay {
+    mnt: PathBuf,
+    child: Option<Child>,
+}
+
+impl Overlay {
+    fn start(lowers: &[&Path], upper: &Path, work: &Path, mnt: &Path, extra: &[&str]) -> Self {
+        let lower = lowers.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>().join(":");
+        let child = Command::new(stratad_bin())
+            .arg("overlay")
+            .arg(format!("--lowerdir={lower}"))
+            .arg(format!("--upperdir={}", upper.display()))
+            .arg(format!("--workdir={}", work.display()))
+            .arg(format!("--mountpoint={}", mnt.display()))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn stratad");
+        let mut o = Overlay { mnt: mnt.to_path_buf(), child: Some(child) };
+        let t0 = Instant::now();
+        while !mounted(mnt) {
+            if let Some(st) = o.child.as_mut().unwrap().try_wait().unwrap() {
+                o.child = None;
+                panic!("stratad exited before mounting: {st}");
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "stratad did not mount in 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        o
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Kill the daemon with SIGKILL (a crash) and detach the dead mount.
+    fn crash(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let st = Command::new("umount").arg(&self.mnt).status().expect("umount");
+            if !st.success() {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+            let t0 = Instant::now();
+            loop {
+                if c.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(10) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("stratad did not exit after umount");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A kernel overlayfs mount, unmounted on drop.
+struct KernelOverlay(PathBuf);
+
+impl KernelOverlay {
+    fn mount(lower: &Path, upper: &Path, work: &Path, mnt: &Path) -> Self {
+        sh(&format!(
+            "mount -t overlay overlay -o redirect_dir=on,lowerdir={},upperdir={},workdir={} {}",
+            lower.display(),
+            upper.display(),
+            work.display(),
+            mnt.display()
+        ));
+        KernelOverlay(mnt.to_path_buf())
+    }
+}
+
+impl Drop for KernelOverlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// lower/ upper/ work/ mnt/ in a fresh temp dir.
+struct Dirs {
+    _tmp: tempfile::TempDir,
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    // Under /var/tmp (not a tmpfs /tmp): kernel overlayfs needs xattr-capable upper and work.
+    let tmp = tempfile::Builder::new().prefix("strata-ovl").tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let d = |n: &str| {
+        let p = tmp.path().join(n);
+        std::fs::create_dir(&p).unwrap();
+        p
+    };
+    Dirs { lower: d("lower"), upper: d("upper"), work: d("work"), mnt: d("mnt"), _tmp: tmp }
+}
+
+/// A small lower tree with every file type, a hard link pair, xattrs and a deep directory.
+fn make_lower(root: &Path) {
+    sh(&format!(
+        "cd {} && mkdir -p d/sub/deep e empty && echo hello > d/f && echo top > a && \
+         ln a hard && ln -s a lnk && mkfifo fifo && mknod chr c 1 3 && \
+         setfattr -n user.k -v v a && setfattr -n trusted.t -v 1 d && \
+         for i in $(seq 1 50); do echo $i > e/f$i; done && chmod 751 d && chown 1000:1000 d/f && \
+         touch -d 2020-01-01 a d/f",
+        root.display()
+    ));
+}
+
+/// The operations both implementations run: every kind of change over lower objects.
+const OPS: &str = "set -e; \
+    echo more >> a; chmod 600 d/f; chown 7:8 d/f; setfattr -n user.new -v 1 d/sub; \
+    rm lnk; rm -r e; mkdir e; echo new > e/n; rmdir empty; mv d/sub/deep d/deeper; \
+    touch newfile; mkdir -p n1/n2; ln newfile newlink; mv a renamed; mv fifo d/fifo2; \
+    truncate -s 5 hard; ln -s target sl";
+
+#[test]
+fn stratad_upper_reads_the_same_through_kernel_overlayfs() {
+    if !require_root("stratad_upper_reads_the_same_through_kernel_overlayfs", "FUSE and overlay mounts") {
+        return;
+    }
+    let d = dirs();
+    make_lower(&d.lower);
+    let through_stratad;
+    {
+        let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+        sh(&format!("cd {} && {OPS}", d.mnt.display()));
+        through_stratad = snapshot_dir(&d.mnt);
+    }
+    let _k = KernelOverlay::mount(&d.lower, &d.upper, &d.work, &d.mnt);
+    let through_kernel = snapshot_dir(&d.mnt);
+    assert_same(&through_stratad, &through_kernel, Compare::default(), "kernel overlayfs over stratad's upper");
+    assert!(through_kernel.contains_key(&b"e/n"[..]) && !through_kernel.contains_key(&b"e/f1"[..]));
+}
+
+#[test]
+fn kernel_upper_reads_the_same_through_stratad() {
+    if !require_root("kernel_upper_reads_the_same_through_stratad", "FUSE and overlay mounts") {
+        return;
+    }
+    let d = dirs();
+    make_lower(&d.lower);
+    let through_kernel;
+    {
+        let _k = KernelOverlay::mount(&d.lower, &d.upper, &d.work, &d.mnt);
+        sh(&format!("cd {} && {OPS}", d.mnt.display()));
+        through_kernel = snapshot_dir(&d.mnt);
+    }
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    let through_stratad = snapshot_dir(&d.mnt);
+    assert_same(&through_kernel, &through_stratad, Compare::default(), "stratad over the kernel's upper");
+}
+
+#[test]
+fn copy_up_keeps_metadata_and_inode_numbers_across_remount() {
+    if !require_root("copy_up_keeps_metadata_and_inode_numbers_across_remount", "FUSE mounts") {
+        return;
+    }
+    let d = dirs();
+    make_lower(&d.lower);
+    let (before, ino_before);
+    {
+        let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+        before = snapshot_dir(&d.mnt);
+        ino_before = std::fs::metadata(d.mnt.join("d/f")).unwrap().ino();
+        // chmod and back: a copy-up with no visible change.
+        sh(&format!("cd {} && chmod 644 d/f && chmod 644 d/f", d.mnt.display()));
+        let m = std::fs::metadata(d.mnt.join("d/f")).unwrap();
+        assert_eq!(m.ino(), ino_before, "st_ino changed at copy-up");
+        assert!(d.upper.join("d/f").exists(), "d/f was not copied up");
+    }
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    assert_eq!(std::fs::metadata(d.mnt.join("d/f")).unwrap().ino(), ino_before, "st_ino after remount");
+    let after = snapshot_dir(&d.mnt);
+    assert_same(&before, &after, Compare::default(), "tree after a no-op copy-up");
+    // Unique inode numbers across layers and the upper.
+    let mut seen = std::collections::HashMap::new();
+    for e in walk(&d.mnt) {
+        let m = std::fs::symlink_metadata(&e).unwrap();
+        if let Some(other) = seen.insert(m.ino(), e.clone()) {
+            let om = std::fs::symlink_metadata(&other).unwrap();
+            assert!(m.is_file() && om.nlink() > 1, "{} and {} share st_ino {}", e.display(), other.display(), m.ino());
+        }
+    }
+}
+
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn killed_during_a_large_copy_up_leaves_old_or_complete_file() {
+    if !require_root("killed_during_a_large_copy_up_leaves_old_or_complete_file", "FUSE mounts") {
+        return;
+    }
+    let d = dirs();
+    // 512 MiB of non-zero data (holes would be copied as holes, too fast to interrupt).
+    sh(&format!(
+        "head -c 1048576 /dev/urandom > {0}/chunk && for i in $(seq 512); do cat {0}/chunk; done > {0}/big && rm {0}/chunk",
+        d.lower.display()
+    ));
+    let lower_sum = sh(&format!("sha256sum < {}/big", d.lower.display()));
+    let mut m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    // Opening for write copies up; write 4 bytes at 100 MiB.
+    let mut writer = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf XXXX | dd of={}/big bs=1 seek=104857600 conv=notrunc status=none",
+            d.mnt.display()
+        ))
+        .spawn()
+        .unwrap();
+    // Kill while the copy is staged (or just after); either outcome is allowed, a partial is not.
+    let t0 = Instant::now();
+    loop {
+        let staged = std::fs::read_dir(d.work.join("strata")).map(|r| r.count()).unwrap_or(0);
+        if staged > 0 || t0.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    m.crash();
+    let _ = writer.wait();
+    drop(m);
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    let up = d.upper.join("big");
+    if up.exists() {
+        let meta = std::fs::metadata(&up).unwrap();
+        assert_eq!(meta.len(), 512 << 20, "a partial copy-up is visible in the upper dir");
+        let mnt_sum = sh(&format!("dd if={}/big bs=1M skip=100 count=1 status=none | head -c 4", d.mnt.display()));
+        // Complete copy: either the write landed or the content equals the lower's.
+        if mnt_sum != "XXXX" {
+            assert_eq!(sh(&format!("sha256sum < {}/big", d.mnt.display())), lower_sum);
+        }
+    } else {
+        assert_eq!(sh(&format!("sha256sum < {}/big", d.mnt.display())), lower_sum);
+    }
+    let staged = std::fs::read_dir(d.work.join("strata")).unwrap().count();
+    assert_eq!(staged, 0, "remount must clear staging leftovers");
+}
+
+#[test]
+fn container_workloads_run_on_the_overlay() {
+    if !require_root("container_workloads_run_on_the_overlay", "FUSE mounts")
+        || !require_tool("container_workloads_run_on_the_overlay", "git")
+        || !require_tool("container_workloads_run_on_the_overlay", "python3")
+    {
+        return;
+    }
+    let d = dirs();
+    // A lower directory of 1,000 files, a source tree for git, and a 20k-file tarball.
+    sh(&format!(
+        "cd {0} && mkdir big src && for i in $(seq 1000); do echo $i > big/f$i; done && \
+         for i in $(seq 100); do echo \"x = $i\" > src/m$i.py; done",
+        d.lower.display()
+    ));
+    let tarball = d.work.parent().unwrap().join("t.tar");
+    sh(&format!(
+        "mkdir -p {0}/tsrc && cd {0}/tsrc && for i in $(seq 20); do mkdir d$i; \
+         (cd d$i && seq 1000 | sed 's/^/f/' | xargs touch); done && tar -cf {1} . && rm -rf {0}/tsrc",
+        d.work.parent().unwrap().display(),
+        tarball.display()
+    ));
+    let m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    let mnt = d.mnt.display().to_string();
+    // Rename of a lower directory holding 1,000 files.
+    sh(&format!("mv {mnt}/big {mnt}/moved"));
+    assert_eq!(std::fs::read_dir(d.mnt.join("moved")).unwrap().count(), 1000);
+    assert_eq!(std::fs::read_to_string(d.mnt.join("moved/f777")).unwrap(), "777\n");
+    assert!(!d.mnt.join("big").exists());
+    // git inside the mount.
+    sh(&format!(
+        "cd {mnt}/src && git init -q && git add -A && \
+         git -c user.name=t -c user.email=t@t commit -qm init && test -z \"$(git status --porcelain)\" && \
+         test $(git ls-files | wc -l) -eq 100"
+    ));
+    // python3 venv and pip-style atomic writes (temp file + os.replace).
+    sh(&format!(
+        "cd {mnt} && python3 -m venv --without-pip venv && ./venv/bin/python -c \"
+import os
+for i in range(200):
+    p = 'venv/f%d' % (i % 20)
+    with open(p + '.tmp', 'w') as f:
+        f.write(str(i))
+    os.replace(p + '.tmp', p)
+assert open('venv/f19').read() == '199'
+\""
+    ));
+    // tar -x of 20k files.
+    sh(&format!("mkdir {mnt}/x && tar -xf {} -C {mnt}/x", tarball.display()));
+    assert_eq!(sh(&format!("find {mnt}/x -type f | wc -l")).trim(), "20000");
+    drop(m);
+    // Persisted: remount and look again.
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    assert_eq!(std::fs::read_dir(d.mnt.join("moved")).unwrap().count(), 1000);
+    sh(&format!("cd {mnt}/src && test -z \"$(git status --porcelain)\""));
+    assert_eq!(sh(&format!("find {mnt}/x -type f | wc -l")).trim(), "20000");
+}
+
+/// pjdfstest against an overlay over `lower`; returns the failed test names.
+fn pjdfstest(mnt: &Path, secondary: &Path) -> (Vec<String>, usize, String) {
+    let conf = mnt.parent().unwrap().join("pjdfstest.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[features]\nposix_fallocate = {{}}\nutime_now = {{}}\nutimensat = {{}}\nsecondary_fs = \"{}\"\n\
+             [settings]\nnaptime = 0.01\nallow_remount = false\n\
+             [dummy_auth]\nentries = [[\"nobody\", \"nogroup\"], [\"tests\", \"tests\"]]\n",
+            secondary.display()
+        ),
+    )
+    .unwrap();
+    let bin = std::env::var("PJDFSTEST").unwrap_or_else(|_| "pjdfstest".into());
+    let out = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(mnt)
+        .output()
+        .expect("run pjdfstest");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let failed: Vec<String> = text
+        .lines()
+        .filter(|l| l.trim_end().ends_with("FAILED"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    let passed = text.lines().filter(|l| l.trim_end().ends_with("ok")).count();
+    (failed, passed, text)
+}
+
+fn expected_failures() -> std::collections::BTreeSet<String> {
+    include_str!("fixtures/pjdfstest-expected-failures.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+fn run_pjdfstest(test: &str, rafs: bool) {
+    if !require_root(test, "FUSE mounts, user switching") || !require_tool(test, "pjdfstest") {
+        return;
+    }
+    let d = dirs();
+    let secondary = d.work.parent().unwrap().join("secondary");
+    std::fs::create_dir(&secondary).unwrap();
+    sh(&format!("mkdir -p {}/base && echo x > {}/base/f", d.lower.display(), d.lower.display()));
+    let lower_arg;
+    let mut extra = vec![];
+    let blobs = d.work.parent().unwrap().join("blobs");
+    if rafs {
+        let boot = d.work.parent().unwrap().join("lower.boot");
+        common::strata(&[
+            "image", "create", "-B", boot.to_str().unwrap(), "-D", blobs.to_str().unwrap(),
+            d.lower.to_str().unwrap(),
+        ]);
+        lower_arg = boot;
+        extra.push("-D");
+        extra.push(blobs.to_str().unwrap());
+    } else {
+        lower_arg = d.lower.clone();
+    }
+    let _m = Overlay::start(&[&lower_arg], &d.upper, &d.work, &d.mnt, &extra);
+    let (failed, passed, text) = pjdfstest(&d.mnt, &secondary);
+    let expected = expected_failures();
+    let unexpected: Vec<&String> = failed.iter().filter(|f| !expected.contains(*f)).collect();
+    eprintln!("{test}: pjdfstest {passed} passed, {} failed ({} expected)", failed.len(), expected.len());
+    assert!(
+        unexpected.is_empty(),
+        "pjdfstest failures not in tests/fixtures/pjdfstest-expected-failures.txt: {unexpected:?}\n{}",
+        text.lines().filter(|l| l.contains("FAILED") || l.starts_with("Summary")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(passed >= 337, "pjdfstest passed only {passed} (kernel overlayfs passes 337)\n{text}");
+}
+
+#[test]
+fn pjdfstest_over_a_plain_directory_lower() {
+    run_pjdfstest("pjdfstest_over_a_plain_directory_lower", false);
+}
+
+#[test]
+fn pjdfstest_over_a_rafs_lower() {
+    run_pjdfstest("pjdfstest_over_a_rafs_lower", true);
+}
