@@ -3,9 +3,10 @@
 #   erofs-utils  mkfs.erofs / fsck.erofs / dump.erofs: the independent EROFS oracle
 #   fuse3        fusermount3 and /etc/fuse.conf for the FUSE tiers
 #   util-linux   losetup and mount for the kernel erofs oracle
-#   python3      benchmark tree generators
+#   python3      benchmark tree generators; the overlay's venv workload
+#   git, attr    overlay workloads (git inside the mount) and xattr set-up in tests
 set -euo pipefail
-PKGS=(erofs-utils fuse3 util-linux python3)
+PKGS=(erofs-utils fuse3 util-linux python3 python3-venv git attr)
 APT=(apt-get -o DPkg::Lock::Timeout=300 -y -q)
 
 missing=()
@@ -26,5 +27,10 @@ fi
 if [ "$(id -u)" -eq 0 ]; then
   modprobe erofs 2>/dev/null || true
   modprobe loop 2>/dev/null || true
+fi
+# pjdfstest switches to two unprivileged users whose primary groups carry their names:
+# nobody/nogroup exists on Debian; "tests" is created here (as pjdfstest's README says).
+if [ "$(id -u)" -eq 0 ] && ! id tests >/dev/null 2>&1; then
+  useradd -U -M -s /usr/sbin/nologin -c "Dummy User for pjdfstest" tests
 fi
 echo "install-deps: ok (${PKGS[*]})"

@@ -140,11 +140,14 @@ fn opaque_value(v: &Option<Vec<u8>>) -> bool {
     v.as_deref() == Some(b"y")
 }
 
+/// id -> path relative to the layer root, and its inverse.
+type PathTable = (Vec<Arc<[u8]>>, HashMap<Arc<[u8]>, u64>);
+
 /// A plain directory as a lower layer.
 pub struct DirLayer {
     root: PathBuf,
     /// id -> path relative to the root ("" is the root), and its inverse.
-    paths: Mutex<(Vec<Arc<[u8]>>, HashMap<Arc<[u8]>, u64>)>,
+    paths: Mutex<PathTable>,
 }
 
 impl DirLayer {

@@ -79,6 +79,7 @@ stop_daemons() {
         # only our own daemons, still running the binary we gave the helper
         if [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$stratad" ]]; then
             kill "$pid" 2>/dev/null
+            kill -CONT "$pid" 2>/dev/null
         fi
     done
 }

@@ -89,17 +89,37 @@ daemon_of() {
 }
 
 dump_daemon() {
-    local pid=$1 t
-    say "daemon pid $pid threads (tid state wchan):"
+    local pid=$1 t fuse_wait=0 w
+    say "daemon pid $pid threads (tid state wchan, kernel stack):"
     for t in /proc/"$pid"/task/*; do
-        echo "  ${t##*/} $(awk '{print $3}' "$t/stat" 2>/dev/null) $(cat "$t/wchan" 2>/dev/null)"
+        w=$(cat "$t/wchan" 2>/dev/null)
+        [[ $w == request_wait_answer || $w == fuse_* ]] && fuse_wait=1
+        echo "  ${t##*/} $(awk '{print $3}' "$t/stat" 2>/dev/null) $w"
         sed 's/^/      /' "$t/stack" 2>/dev/null
     done >>"$log"
-    if command -v gdb >/dev/null; then
+    # gdb's attach waits for every thread to stop, which a thread blocked in a FUSE request
+    # (the daemon calling into its own mount) never does; killing gdb then leaves the daemon
+    # stopped. So only attach when no thread waits on FUSE, bound it, and resume afterwards.
+    if [[ $fuse_wait == 1 ]]; then
+        say "gdb skipped: a daemon thread is blocked in a FUSE request (on its own mount?)"
+    elif command -v gdb >/dev/null; then
         say "gdb backtrace of $pid:"
-        timeout 120 gdb -p "$pid" -batch -nx -ex 'set pagination off' \
+        timeout -s KILL 60 gdb -p "$pid" -batch -nx -ex 'set pagination off' \
             -ex 'thread apply all bt' </dev/null >>"$log" 2>&1
+        kill -CONT "$pid" 2>/dev/null
     fi
+}
+
+# Every process waiting for a FUSE answer (the test's blocked syscalls), with kernel stacks.
+dump_waiters() {
+    local d w
+    say "processes blocked in FUSE requests:"
+    for d in /proc/[0-9]*; do
+        w=$(cat "$d/wchan" 2>/dev/null) || continue
+        [[ $w == request_wait_answer ]] || continue
+        echo "  ${d##*/} $(tr '\0' ' ' <"$d/cmdline" 2>/dev/null | cut -c1-200)"
+        sed 's/^/      /' "$d/stack" 2>/dev/null
+    done >>"$log"
 }
 
 declare -A busy_since=() # minor -> first sample of the current run of waiting > 0
@@ -122,6 +142,7 @@ while :; do
         say "ABORT test=$(current_test) mount=$mp source=$src conn=$minor waiting=$waiting" \
             "busy for $((now - busy_since[$minor]))s, no progress for $((now - $(last_progress)))s"
         pid=$(daemon_of "$mp")
+        dump_waiters
         [[ -n $pid ]] && dump_daemon "$pid"
         echo 1 >"$conn/$minor/abort" && say "aborted connection $minor"
         unset "busy_since[$minor]"
