@@ -189,6 +189,17 @@ fn demo_in(work: &Path, json: bool) -> Result<()> {
         )),
         None => say("5. stratad: skipped (mounting FUSE needs root and /dev/fuse; run as root to see the kernel read the image)".into()),
     }
+
+    // 6. The same image as the lower layer of a writable overlay.
+    match write_overlay(work, &boot, &blobs)? {
+        Some(upper) => {
+            say("6. overlay: mounted writable over the image; appended to /etc/motd (copy-up), created /root/notes, removed /var/empty.log, renamed /usr/share/doc to /usr/share/docs; the upper directory now holds:".into());
+            for line in upper {
+                say(format!("   {line}"));
+            }
+        }
+        None => say("6. overlay: skipped (needs root and /dev/fuse)".into()),
+    }
     if json {
         let after = backend.metrics().snapshot();
         println!(
@@ -203,6 +214,83 @@ fn demo_in(work: &Path, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Mount the image writable (an overlay with an upper directory), change it, unmount, and
+/// describe the upper directory: kernel overlayfs's format (whiteouts, redirects, copy-ups).
+fn write_overlay(work: &Path, boot: &Path, blobs: &Path) -> Result<Option<Vec<String>>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if !nix::unistd::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
+        return Ok(None);
+    }
+    let (mnt, upper, wdir) = (work.join("rw"), work.join("upper"), work.join("overlay-work"));
+    for d in [&mnt, &upper, &wdir] {
+        std::fs::create_dir_all(d)?;
+    }
+    let events = std::sync::Arc::new(crate::daemon::metrics::Events::default());
+    let mut cfg = crate::daemon::config::DaemonConfig::localfs(blobs.to_path_buf());
+    cfg.cache.work_dir = work.join("rw-cache");
+    let (_inst, rafs) = crate::daemon::service::Instance::open("/", boot, cfg, events)?;
+    let layer = crate::overlay::layer::RafsLayer::new(
+        rafs.image().clone(),
+        rafs.chunk_reader(),
+        boot.display().to_string(),
+    );
+    let fs = crate::overlay::OverlayFs::new(crate::overlay::OverlayOptions {
+        upper: upper.clone(),
+        work: wdir,
+        lowers: vec![std::sync::Arc::new(layer)],
+        sync_copyup: true,
+        timeout: crate::overlay::DEFAULT_TIMEOUT,
+    })?;
+    let serving = crate::daemon::run::Serving::mount(
+        &mnt,
+        std::sync::Arc::new(fs),
+        2,
+        crate::daemon::run::Kind::Writable("strata-demo"),
+        || {},
+    )?;
+    let changed = (|| -> Result<()> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("etc/motd"))?
+            .write_all(b"changed\n")?;
+        std::fs::create_dir_all(mnt.join("root"))?;
+        std::fs::write(mnt.join("root/notes"), b"written through the overlay\n")?;
+        std::fs::remove_file(mnt.join("var/empty.log"))?;
+        std::fs::rename(mnt.join("usr/share/doc"), mnt.join("usr/share/docs"))?;
+        if std::fs::read(mnt.join("usr/share/docs/a.txt"))? != b"same content\n".repeat(1000) {
+            bail!("a renamed lower directory lost its content");
+        }
+        Ok(())
+    })();
+    serving.stop();
+    changed?;
+    let mut lines = Vec::new();
+    let mut stack = vec![upper.clone()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let rel = p.strip_prefix(&upper).unwrap_or(&p).display().to_string();
+            let m = std::fs::symlink_metadata(&p)?;
+            let what = if m.file_type().is_char_device() && m.rdev() == 0 {
+                "whiteout (char 0/0)".to_string()
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                match xattr::get(&p, crate::overlay::upper::REDIRECT)? {
+                    Some(r) => format!("dir, redirect to {}", String::from_utf8_lossy(&r)),
+                    None => "dir".to_string(),
+                }
+            } else {
+                format!("file, {} bytes", m.len())
+            };
+            lines.push(format!("/{rel}: {what}"));
+        }
+    }
+    Ok(Some(lines))
 }
 
 /// Mount the image with stratad's FUSE server under `work/mnt`, read every sample file through

@@ -4,7 +4,7 @@
 #
 #   XFSTESTS_DIR=/path/to/xfstests [STRATAD=/path/to/stratad] tests/xfstests/run.sh [check args]
 #
-# With no arguments it runs `./check -E exclude generic/quick`; arguments replace the test
+# With no arguments it runs `./check -E exclude -g generic/quick`; arguments replace the test
 # selection (e.g. `generic/001 generic/002`, `-g generic/rw`). -E exclude is always passed.
 #
 # Environment:
@@ -145,7 +145,7 @@ fi
 export STRATA_XFS_WORK=$work STRATA_XFS_RESULTS=$results STRATAD=$stratad
 export HOST_OPTIONS=$here/local.config
 out=$results/check.out
-[[ $# -gt 0 ]] || set -- generic/quick
+[[ $# -gt 0 ]] || set -- -g generic/quick
 
 "$here/watchdog.sh" --minutes "${STRATA_WATCHDOG_MIN:-10}" --under "$work" \
     --progress "$out" --progress "$results" --pids "$work/base/pids" \
@@ -200,4 +200,8 @@ n() { wc -w <<<"$1"; }
 echo
 echo "summary: $results/summary.txt"
 sed -n '/^finished/,/^failed:/p' "$results/summary.txt"
+if [[ $(n "$ran") -eq 0 ]]; then
+    echo "no test ran: check the selection ($*) and $out" >&2
+    exit 1
+fi
 exit "$status"
