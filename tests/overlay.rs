@@ -44,13 +44,20 @@ struct Overlay {
 impl Overlay {
     fn start(lowers: &[&Path], upper: &Path, work: &Path, mnt: &Path, extra: &[&str]) -> Self {
         let lower = lowers.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>().join(":");
+        let mut args = vec![
+            "overlay".to_string(),
+            format!("--lowerdir={lower}"),
+            format!("--upperdir={}", upper.display()),
+            format!("--workdir={}", work.display()),
+            format!("--mountpoint={}", mnt.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(&args, mnt)
+    }
+
+    fn spawn(args: &[String], mnt: &Path) -> Self {
         let child = Command::new(stratad_bin())
-            .arg("overlay")
-            .arg(format!("--lowerdir={lower}"))
-            .arg(format!("--upperdir={}", upper.display()))
-            .arg(format!("--workdir={}", work.display()))
-            .arg(format!("--mountpoint={}", mnt.display()))
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -507,4 +514,56 @@ fn pjdfstest_over_a_plain_directory_lower() {
 #[test]
 fn pjdfstest_over_a_rafs_lower() {
     run_pjdfstest("pjdfstest_over_a_rafs_lower", true);
+}
+
+#[test]
+fn writable_with_a_nydusd_overlay_config_writes_to_the_upper_dir() {
+    if !require_root("writable_with_a_nydusd_overlay_config_writes_to_the_upper_dir", "FUSE mounts")
+    {
+        return;
+    }
+    let d = dirs();
+    make_lower(&d.lower);
+    let base = d.work.parent().unwrap();
+    let (boot, blobs, cfg) = (base.join("l.boot"), base.join("blobs"), base.join("cfg.json"));
+    common::strata(&[
+        "image",
+        "create",
+        "-B",
+        boot.to_str().unwrap(),
+        "-D",
+        blobs.to_str().unwrap(),
+        d.lower.to_str().unwrap(),
+    ]);
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"version": 2, "backend": {{"type": "localfs", "localfs": {{"dir": "{}"}}}},
+                "overlay": {{"upper_dir": "{}", "work_dir": "{}"}}}}"#,
+            blobs.display(),
+            d.upper.display(),
+            d.work.display()
+        ),
+    )
+    .unwrap();
+    let args: Vec<String> = [
+        "--writable",
+        "-C",
+        cfg.to_str().unwrap(),
+        "-B",
+        boot.to_str().unwrap(),
+        "-M",
+        d.mnt.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _m = Overlay::spawn(&args, &d.mnt);
+    std::fs::write(d.mnt.join("new"), b"x").unwrap();
+    sh(&format!("echo more >> {}/a && rm {}/d/f", d.mnt.display(), d.mnt.display()));
+    assert_eq!(std::fs::read(d.upper.join("new")).unwrap(), b"x");
+    assert_eq!(std::fs::read_to_string(d.upper.join("a")).unwrap(), "top\nmore\n");
+    let wh = std::fs::symlink_metadata(d.upper.join("d/f")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()) && wh.rdev() == 0);
+    assert_eq!(std::fs::read_to_string(d.mnt.join("d/sub/../../a")).unwrap(), "top\nmore\n");
 }

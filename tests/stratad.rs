@@ -431,9 +431,8 @@ fn startup_errors_are_one_line_and_nonzero() {
     assert!(run(&["-M", s(&mnt), "-B", s(&g), "-D", s(&blobs)]).contains("malformed"));
     assert!(run(&["-M", s(&t.path().join("no-such-dir")), "-B", s(&boot), "-D", s(&blobs)])
         .contains("no-such-dir"));
-    assert!(
-        run(&["-M", s(&mnt), "-B", s(&boot), "-D", s(&blobs), "--writable"]).contains("not built")
-    );
+    assert!(run(&["-M", s(&mnt), "-B", s(&boot), "-D", s(&blobs), "--writable"])
+        .contains("no overlay section"));
     // Busy: a daemon already serves the mountpoint.
     let _d = Daemon::start(&["-B", s(&boot), "-D", s(&blobs)], &mnt, &t.path().join("api.sock"));
     assert!(run(&["-M", s(&mnt), "-B", s(&boot), "-D", s(&blobs)]).contains("busy"));
