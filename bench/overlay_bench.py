@@ -17,6 +17,7 @@ here around the subprocess. Nothing here mounts or unmounts: the script does tha
 A failed check never stops the run: the workload is recorded FAILED with the check's output.
 """
 import argparse
+import io
 import json
 import os
 import random
@@ -235,7 +236,6 @@ def cmd_gen(a):
         ubytes += size
     tar_path = os.path.join(assets, "untar.tar")
     mtime0 = 1700000000
-    import io
     with tarfile.open(tar_path, "w", format=tarfile.GNU_FORMAT) as t:
         def add_dir(name):
             ti = tarfile.TarInfo(name)
@@ -691,7 +691,7 @@ def cmd_run(a):
     with open(a.out, "a") as out:
         for w in sel:
             rec = {"system": a.system, "workload": w, "unit": UNITS[w],
-                   "loadavg_before": os.getloadavg()[0]}
+                   "loadavg_before": round(os.getloadavg()[0], 2)}
             if gone is None:
                 gone = r.alive()
             if gone:
@@ -806,7 +806,7 @@ def cmd_persist(a):
         check("compileall", pyc)
     bad = [(w, i) for w, i in checks if i]
     rec = {"system": a.system, "workload": "persistence",
-           "status": "FAILED" if gone or bad else "ok",
+           "status": "FAILED" if gone or bad else "ok" if checks else "n/a",
            "checked": [w for w, _ in checks]}
     if gone:
         rec["check"] = "not run: " + gone
@@ -918,7 +918,7 @@ def cmd_report(a):
             row.append(cell)
         rows.append(row)
     rows.append(["remount persistence", ""] + [
-        {"ok": "ok", "SKIPPED": "skipped"}.get(out_sys[s]["persistence"].get("status"), "**FAILED**")
+        {"ok": "ok", "SKIPPED": "skipped", "n/a": "n/a (no write workload passed)"}.get(out_sys[s]["persistence"].get("status"), "**FAILED**")
         for s in systems])
     rows.append(["workloads wall time", "s"] + [
         "-" if out_sys[s]["workloads_wall_seconds"] is None
@@ -941,9 +941,18 @@ def cmd_report(a):
         print("| " + " | ".join(row) + " |")
     print()
     if failures:
-        print("Failed checks:")
+        print("Failed checks (verbatim):")
+        groups = []  # (system, check) -> workloads, in order
         for f in failures:
-            print("- %s %s: %s" % (f["system"], f["workload"], f["check"]))
+            key = (f["system"], f["check"])
+            for g in groups:
+                if g[0] == key:
+                    g[1].append(f["workload"])
+                    break
+            else:
+                groups.append((key, [f["workload"]]))
+        for (system, check), ws in groups:
+            print("- %s %s: %s" % (system, ", ".join(ws), check))
     else:
         print("Failed checks: none")
     print()

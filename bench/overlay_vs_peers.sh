@@ -20,10 +20,14 @@
 #
 # Environment:
 #   SYSTEMS="strata fuse-overlayfs kovl"   systems, run in this order (kovl is the baseline
-#                    and is listed first in the table); also `stratad-rafs` (TODO stub: the
-#                    lower served from a RAFS image; reported as skipped for now)
+#                    and is listed first in the table). Also `stratad-rafs`: the lower built once
+#                    into a RAFS image (`strata image create -B boot -D blobs lower`, defaults,
+#                    untimed) and served as `--lowerdir=boot -D blobs`; each run gets a fresh
+#                    copy of the image (the blob dir is also stratad's blobcache, so it starts
+#                    cold); its checks compare against the plain source tree.
 #   STRATAD=target/release/stratad (of this repo)   the stratad binary
-#   STRATA=target/release/strata                    for stratad-rafs only
+#   STRATA=$(dirname $STRATAD)/strata if that exists, else target/release/strata
+#                    (stratad-rafs only)
 #   SCALE=0.25       size of the generated data relative to the spec's (SCALE=1):
 #                      tree/      30 000*SCALE files (+30*SCALE files of 1-6 MiB, 200*SCALE
 #                                 symlinks) in 3 000*SCALE dirs under 120*SCALE packages
@@ -52,7 +56,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 SYSTEMS=${SYSTEMS:-"strata fuse-overlayfs kovl"}
 STRATAD=${STRATAD:-$ROOT/target/release/stratad}
-STRATA=${STRATA:-$ROOT/target/release/strata}
+if [ -z "${STRATA:-}" ]; then
+    STRATA=$ROOT/target/release/strata
+    [ -x "$(dirname "$STRATAD")/strata" ] && STRATA=$(dirname "$STRATAD")/strata
+fi
 SCALE=${SCALE:-0.25}
 SEED=${SEED:-42}
 WL_TIMEOUT=${WL_TIMEOUT:-600}
@@ -61,7 +68,7 @@ KEEP=${KEEP:-0}
 PYTHON=${PYTHON:-python3}
 T_START=$(date +%s.%N)
 
-say() { echo "overlay_vs_peers: $*" >&2; }
+say() { echo "overlay_vs_peers [$(awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN { printf "%4.0fs", b - a }')]: $*" >&2; }
 die_usage() { say "$*"; exit 2; }
 
 if [ "$(id -u)" != 0 ]; then
@@ -96,11 +103,15 @@ case " $SYSTEMS " in
         || die_usage "STRATAD=$STRATAD is not an executable (build it or set STRATAD)" ;;
 esac
 case " $SYSTEMS " in
+    *" stratad-rafs "*) [ -x "$STRATA" ] \
+        || die_usage "STRATA=$STRATA is not an executable (needed to build stratad-rafs' image)" ;;
+esac
+case " $SYSTEMS " in
     *" kovl "*) grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
         grep -qw overlay /proc/filesystems || die_usage "the kernel has no overlay filesystem" ;;
 esac
 case " $SYSTEMS " in
-    *" strata "* | *" fuse-overlayfs "*) [ -c /dev/fuse ] || die_usage "/dev/fuse is missing" ;;
+    *" strata"* | *" fuse-overlayfs "*) [ -c /dev/fuse ] || die_usage "/dev/fuse is missing" ;;
 esac
 
 # --- work dir and cleanup --------------------------------------------------------------------
@@ -186,6 +197,20 @@ T0=$(date +%s.%N)
 sync
 GEN_S=$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 say "generated in ${GEN_S}s"
+IMAGE_S=
+case " $SYSTEMS " in
+    *" stratad-rafs "*)
+        say "building the RAFS image of the lower for stratad-rafs"
+        mkdir -p "$WORK/rafs/blobs"
+        T0=$(date +%s.%N)
+        "$STRATA" image create -B "$WORK/rafs/boot" -D "$WORK/rafs/blobs" "$LOWER" \
+            >"$LOGS/image-create.log" 2>&1 \
+            || { cat "$LOGS/image-create.log" >&2; die_usage "strata image create failed (log above)"; }
+        sync
+        IMAGE_S=$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+        say "image built in ${IMAGE_S}s: $(du -sh "$WORK/rafs" | cut -f1)"
+        ;;
+esac
 
 # --- systems ---------------------------------------------------------------------------------
 declare -A DESC CMD EXITS START_ERR SKIP
@@ -213,7 +238,12 @@ start_sys() {
         strata)
             CMD[$s]="stratad overlay --lowerdir=L --upperdir=U --workdir=W --mountpoint=M --log-file=F"
             "$STRATAD" overlay --lowerdir="$L" --upperdir="$U" --workdir="$W" --mountpoint="$M" \
-                --log-file="$LOGS/stratad.$tag.log" >"$log" 2>&1 &
+                --log-file="$LOGS/$s.$tag.daemon.log" >"$log" 2>&1 &
+            ;;
+        stratad-rafs)
+            CMD[$s]="stratad overlay --lowerdir=BOOT -D BLOBS --upperdir=U --workdir=W --mountpoint=M --log-file=F"
+            "$STRATAD" overlay --lowerdir="$D/rafs/boot" -D "$D/rafs/blobs" --upperdir="$U" \
+                --workdir="$W" --mountpoint="$M" --log-file="$LOGS/$s.$tag.daemon.log" >"$log" 2>&1 &
             ;;
     esac
     CUR_PID=$!
@@ -254,9 +284,7 @@ stop_sys() { # SYSTEM TAG: umount, then wait for the daemon
 
 tail_logs() { # SYSTEM: the last lines of its daemon's stderr and log file (for the JSON)
     local f
-    for f in "$LOGS/$1".*.log "$LOGS"/stratad.*.log; do
-        case $f in *"/$1."* | *"/stratad."*) ;; *) continue ;; esac
-        [ "$1" != strata ] && case $f in */stratad.*) continue ;; esac
+    for f in "$LOGS/$1".*.log; do
         [ -s "$f" ] || continue
         echo "== ${f##*/}"
         tail -n 15 "$f"
@@ -270,36 +298,35 @@ run_py() { # the helper under an outer limit, in case a syscall of its own hangs
 DESC[kovl]="kernel overlayfs ($(uname -r), default options)"
 DESC[fuse-overlayfs]="fuse-overlayfs $(fuse-overlayfs --version 2>/dev/null | awk '/fuse-overlayfs/ { print $NF }' | head -1)"
 DESC[strata]="stratad overlay (plain-dir lower)"
-DESC[stratad-rafs]="stratad overlay (RAFS lower)"
+DESC[stratad-rafs]="stratad overlay (RAFS lower: strata image create defaults)"
 
 for s in $SYSTEMS; do
     D=$WORK/sys/$s
-    if [ "$s" = stratad-rafs ]; then
-        # TODO(stratad-rafs): build the lower into an image once per run,
-        #   "$STRATA" image create -B "$WORK/rafs/boot" -D "$WORK/rafs/blobs" "$LOWER"
-        # then serve it with a config file naming the bootstrap, the blob dir and the
-        # upper/work dirs, and the checks that read "the lower file" must read $LOWER.
-        # Wire it when stratad's RAFS-lower overlay command line exists.
-        SKIP[$s]="TODO: stratad overlay over a RAFS lower is not wired in this script yet"
-        say "$s: skipped (${SKIP[$s]})"
-        continue
-    fi
     say "== $s: copying the lower, mounting"
     mkdir -p "$D/upper" "$D/work" "$D/mnt"
-    cp -a "$LOWER" "$D/lower"
-    sync
-    if [ "$s" = strata ]; then
-        DESC[$s]="stratad overlay ($(timeout 5 "$STRATAD" --version 2>/dev/null | head -1 || true), plain-dir lower)"
+    if [ "$s" = stratad-rafs ]; then
+        cp -a "$WORK/rafs" "$D/rafs"
+        CHECK_LOWER=$LOWER # the checks' "lower file": the image's (untouched) source
+    else
+        cp -a "$LOWER" "$D/lower"
+        CHECK_LOWER=$D/lower
     fi
+    sync
+    case $s in
+        strata | stratad-rafs)
+            V=$(timeout 5 "$STRATAD" --version 2>/dev/null | head -1 || true)
+            [ -n "$V" ] && DESC[$s]="${DESC[$s]/stratad overlay/$V overlay}"
+            ;;
+    esac
     if start_sys "$s" run; then
-        run_py run --system "$s" --mnt "$D/mnt" --lower "$D/lower" --assets "$ASSETS" --wl "$WL" \
+        run_py run --system "$s" --mnt "$D/mnt" --lower "$CHECK_LOWER" --assets "$ASSETS" --wl "$WL" \
             --out "$RES/$s.jsonl" --pid "${CUR_PID:-0}" --timeout "$WL_TIMEOUT" --fio "$FIO" \
             --git "$GIT" --python "$PY" \
             || START_ERR[$s]="the workload helper exited with status $? (see stderr)"
         stop_sys "$s" run
         say "$s: remounting for the persistence check"
         if start_sys "$s" remount; then
-            run_py persist --system "$s" --mnt "$D/mnt" --lower "$D/lower" --assets "$ASSETS" \
+            run_py persist --system "$s" --mnt "$D/mnt" --lower "$CHECK_LOWER" --assets "$ASSETS" \
                 --wl "$WL" --out "$RES/$s.jsonl" --results "$RES/$s.jsonl" --pid "${CUR_PID:-0}" \
                 --timeout "$WL_TIMEOUT" --git "$GIT" --python "$PY" \
                 || say "$s: persistence helper exited with status $?"
@@ -326,7 +353,7 @@ META=$WORK/meta.json
             "${START_ERR[$s]:-}" "${SKIP[$s]:-}"
     done
 } >"$WORK/systems.tsv"
-B_SCALE=$SCALE B_SEED=$SEED B_GEN_S=$GEN_S B_WL_TIMEOUT=$WL_TIMEOUT B_FIO="$FIO" \
+B_SCALE=$SCALE B_SEED=$SEED B_GEN_S=$GEN_S B_IMAGE_S="$IMAGE_S" B_WL_TIMEOUT=$WL_TIMEOUT B_FIO="$FIO" \
     B_FIO_V="$([ -n "$FIO" ] && "$FIO" --version 2>/dev/null || true)" \
     B_GIT_V="$("$GIT" --version)" B_TAR_V="$(tar --version | head -1)" \
     B_STRATAD="$STRATAD" B_WALL="$(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.1f", b - a }')" \
@@ -351,7 +378,7 @@ systems, skipped = {}, {}
 for line in open(systems_tsv):
     name, desc, cmd, exits, err, skip = (line.rstrip("\n").split("\t") + [""] * 6)[:6]
     info = {"desc": desc, "cmd": cmd, "daemon_exit_status": exits.split()}
-    if name == "strata":
+    if name in ("strata", "stratad-rafs"):
         info["binary"] = E["B_STRATAD"]
         try:
             st = os.stat(E["B_STRATAD"])
@@ -380,7 +407,8 @@ meta = {
         "tree_mib": round(m["tree"]["bytes"] / 2**20, 1), "big_mib": m["big"]["mib"],
         "rand_read_blocks": m["big"]["rand_blocks"], "cu256_mib": m["cu256"]["mib"],
         "untar_files": m["untar"]["files"], "untar_dirs": m["untar"]["dirs"],
-        "lower_generation_s": float(E["B_GEN_S"]), "wl_timeout_s": int(E["B_WL_TIMEOUT"]),
+        "lower_generation_s": float(E["B_GEN_S"]),
+        "rafs_image_build_s": float(E["B_IMAGE_S"]) if E["B_IMAGE_S"] else None, "wl_timeout_s": int(E["B_WL_TIMEOUT"]),
         "fio": E["B_FIO_V"] or None, "git": E["B_GIT_V"], "tar": E["B_TAR_V"],
         "units": "MiB/s = 2^20 bytes per second; rates are higher-is-better",
     },
