@@ -123,8 +123,7 @@ LOGS=$WORK/logs
 RES=$WORK/results
 mkdir -p "$LOGS" "$RES"
 MOUNTED=() # mount points this script mounted (by path)
-PIDS=()    # daemons this script started (by pid)
-CUR_PID=
+CUR_PID=   # the daemon this script started and has not reaped yet (at most one at a time)
 
 is_mounted() { # exact mount point match in our mount namespace (never stats the FUSE dir)
     awk -v p="$1" '$5 == p { f = 1 } END { exit !f }' /proc/self/mountinfo
@@ -137,27 +136,32 @@ fuse_abort() { # abort the FUSE connection of OUR mount point $1 (when its daemo
         && echo 1 >"/sys/fs/fuse/connections/$dev/abort"
 }
 
+ours_alive() { # pid: still running AND still our child (never signal a reused pid)
+    [ "$(awk '/^PPid:/ { print $2 }' "/proc/$1/status" 2>/dev/null)" = "$$" ] \
+        && [ "$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null)" != Z ]
+}
+
 reap() { # pid: wait for our daemon to exit after its umount; TERM, then KILL if it does not
     local pid=$1 i
     for i in $(seq 1 300); do
-        kill -0 "$pid" 2>/dev/null || break
+        ours_alive "$pid" || break
         sleep 0.1
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if ours_alive "$pid"; then
         say "pid $pid still running 30 s after its umount; SIGTERM"
-        kill -TERM "$pid" 2>/dev/null || true
+        ours_alive "$pid" && kill -TERM "$pid" 2>/dev/null || true
         for i in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
+            ours_alive "$pid" || break
             sleep 0.1
         done
-        kill -0 "$pid" 2>/dev/null && { say "pid $pid ignored SIGTERM; SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; }
+        if ours_alive "$pid"; then say "pid $pid ignored SIGTERM; SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; fi
     fi
     REAP_RC=0
     wait "$pid" 2>/dev/null || REAP_RC=$?
 }
 
 cleanup() {
-    local rc=$? m p i
+    local rc=$? m i
     set +e
     trap - EXIT INT TERM
     for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
@@ -167,12 +171,10 @@ cleanup() {
             timeout 30 umount "$m" 2>/dev/null || { fuse_abort "$m"; umount -l "$m"; }
         fi
     done
-    for p in "${PIDS[@]}"; do
-        if kill -0 "$p" 2>/dev/null; then
-            say "cleanup: stopping pid $p"
-            reap "$p"
-        fi
-    done
+    if [ -n "$CUR_PID" ]; then
+        say "cleanup: stopping pid $CUR_PID"
+        reap "$CUR_PID"
+    fi
     if [ "$KEEP" = 1 ]; then
         say "kept work dir $WORK"
     elif awk -v w="$WORK/" 'index($5, w) == 1 { f = 1 } END { exit !f }' /proc/self/mountinfo; then
@@ -247,10 +249,9 @@ start_sys() {
             ;;
     esac
     CUR_PID=$!
-    PIDS+=("$CUR_PID")
     MOUNTED+=("$M")
     for i in $(seq 1 600); do # 30 s
-        if ! kill -0 "$CUR_PID" 2>/dev/null; then
+        if ! ours_alive "$CUR_PID"; then
             rc=0
             wait "$CUR_PID" || rc=$?
             START_ERR[$s]="$s ($tag) exited with status $rc before mounting: $(tail -c 800 "$log" | tr '\n' ' ')"
@@ -261,6 +262,10 @@ start_sys() {
         sleep 0.05
     done
     START_ERR[$s]="$s ($tag, pid $CUR_PID) did not mount within 30 s: $(tail -c 800 "$log" | tr '\n' ' ')"
+    ours_alive "$CUR_PID" && kill -TERM "$CUR_PID" 2>/dev/null || true
+    reap "$CUR_PID"
+    CUR_PID=
+    is_mounted "$M" && { umount "$M" 2>/dev/null || umount -l "$M"; }
     return 1
 }
 
