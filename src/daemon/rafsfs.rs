@@ -26,7 +26,6 @@ use fuse_backend_rs::api::BackendFileSystem;
 
 use super::metrics::{Events, Fop, FsMetrics};
 use crate::rafs::chunk::{ChunkReader, ChunkRef};
-use crate::rafs::layout::{file_type, sb_flags};
 use crate::rafs::reader::{Image, Inode, ReadError};
 
 /// How long the kernel may cache entries and attributes of an immutable image.
@@ -111,9 +110,7 @@ impl RafsFs {
         xattr: bool,
         amplify_io: u64,
     ) -> Self {
-        let explicit = image.ext.as_ref().is_none_or(|e| e.flags & sb_flags::EXPLICIT_UID_GID != 0);
-        let owner =
-            (!explicit).then(|| (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()));
+        let owner = crate::rafs::reader::implied_owner(&image);
         let cs = u64::from(image.chunk_size);
         let ahead = if cs == 0 { 0 } else { amplify_io.div_ceil(cs) };
         let readahead = ReadAhead::start(chunks.clone(), ahead, events.clone());
@@ -170,25 +167,7 @@ impl RafsFs {
     }
 
     fn stat(&self, inode: &Inode) -> stat64 {
-        let d = &inode.disk;
-        let mut st = crate::sys::zeroed_stat64();
-        st.st_ino = inode.nid;
-        st.st_mode = u32::from(d.mode);
-        st.st_nlink = u64::from(d.nlink);
-        let (uid, gid) = self.owner.unwrap_or((d.uid, d.gid));
-        st.st_uid = uid;
-        st.st_gid = gid;
-        st.st_rdev = inode.rdev();
-        st.st_size = d.size as i64;
-        st.st_blksize = 4096;
-        st.st_blocks = d.size.div_ceil(512) as i64;
-        st.st_mtime = d.mtime as i64;
-        st.st_mtime_nsec = i64::from(d.mtime_nsec);
-        st.st_ctime = st.st_mtime;
-        st.st_ctime_nsec = st.st_mtime_nsec;
-        st.st_atime = st.st_mtime;
-        st.st_atime_nsec = st.st_mtime_nsec;
-        st
+        crate::rafs::reader::inode_stat(inode, self.owner)
     }
 
     fn entry(&self, inode: &Inode) -> Entry {
@@ -227,19 +206,6 @@ impl RafsFs {
         }
         Ok(())
     }
-}
-
-fn dtype(ft: u8) -> u32 {
-    u32::from(match ft {
-        file_type::REG => libc::DT_REG,
-        file_type::DIR => libc::DT_DIR,
-        file_type::CHR => libc::DT_CHR,
-        file_type::BLK => libc::DT_BLK,
-        file_type::FIFO => libc::DT_FIFO,
-        file_type::SOCK => libc::DT_SOCK,
-        file_type::SYMLINK => libc::DT_LNK,
-        _ => libc::DT_UNKNOWN,
-    })
 }
 
 impl FileSystem for RafsFs {
@@ -460,7 +426,7 @@ impl FileSystem for RafsFs {
             let n = add_entry(DirEntry {
                 ino: e.nid,
                 offset: next,
-                type_: dtype(e.file_type),
+                type_: crate::rafs::reader::dtype(e.file_type),
                 name: &e.name,
             })?;
             Ok(n > 0)
@@ -482,7 +448,12 @@ impl FileSystem for RafsFs {
         let r = self.each_dirent(inode, offset, |e, next| {
             let child = self.inode(e.nid)?;
             let n = add_entry(
-                DirEntry { ino: e.nid, offset: next, type_: dtype(e.file_type), name: &e.name },
+                DirEntry {
+                    ino: e.nid,
+                    offset: next,
+                    type_: crate::rafs::reader::dtype(e.file_type),
+                    name: &e.name,
+                },
                 self.entry(&child),
             )?;
             Ok(n > 0)

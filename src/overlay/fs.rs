@@ -60,19 +60,6 @@ fn os(name: &[u8]) -> &OsStr {
     OsStr::from_bytes(name)
 }
 
-fn dtype_of_mode(mode: u32) -> u32 {
-    u32::from(match mode & libc::S_IFMT {
-        libc::S_IFDIR => libc::DT_DIR,
-        libc::S_IFREG => libc::DT_REG,
-        libc::S_IFLNK => libc::DT_LNK,
-        libc::S_IFCHR => libc::DT_CHR,
-        libc::S_IFBLK => libc::DT_BLK,
-        libc::S_IFIFO => libc::DT_FIFO,
-        libc::S_IFSOCK => libc::DT_SOCK,
-        _ => libc::DT_UNKNOWN,
-    })
-}
-
 impl OverlayFs {
     fn entry(&self, id: u64, st: stat64) -> Entry {
         Entry {
@@ -128,21 +115,7 @@ impl OverlayFs {
                         }
                     }
                 }
-                let dtype = dtype_of_mode(if ft.is_dir() {
-                    libc::S_IFDIR
-                } else if ft.is_file() {
-                    libc::S_IFREG
-                } else if ft.is_symlink() {
-                    libc::S_IFLNK
-                } else if ft.is_char_device() {
-                    libc::S_IFCHR
-                } else if ft.is_block_device() {
-                    libc::S_IFBLK
-                } else if ft.is_fifo() {
-                    libc::S_IFIFO
-                } else {
-                    libc::S_IFSOCK
-                });
+                let dtype = super::layer::dtype_of(ft);
                 seen.insert(name.clone());
                 items.push(DirItem { name, ino: e.ino(), dtype });
             }
@@ -315,13 +288,15 @@ impl OverlayFs {
         let gid = if sgid_dir { pst.st_gid } else { ctx.gid };
         let st = crate::sys::fstatat(tdir, tname)?;
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        if st.st_uid != ctx.uid || st.st_gid != gid {
+        let chowned = st.st_uid != ctx.uid || st.st_gid != gid;
+        if chowned {
             upper::chown(tdir, tname, ctx.uid, gid)?;
         }
         let want = if is_dir && sgid_dir { mode | libc::S_ISGID } else { mode };
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
         if !is_link {
-            let now = crate::sys::fstatat(tdir, tname)?;
+            // chown may have cleared setuid/setgid: look again only then.
+            let now = if chowned { crate::sys::fstatat(tdir, tname)? } else { st };
             if now.st_mode & 0o7777 != want {
                 upper::chmod(&child_path(tdir, tname), want)?;
             }

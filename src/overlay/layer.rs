@@ -100,7 +100,8 @@ pub fn stat_of(m: &std::fs::Metadata) -> stat64 {
     st
 }
 
-fn dtype_of(ft: std::fs::FileType) -> u32 {
+/// d_type of a std file type.
+pub fn dtype_of(ft: std::fs::FileType) -> u32 {
     u32::from(if ft.is_dir() {
         libc::DT_DIR
     } else if ft.is_file() {
@@ -342,10 +343,7 @@ fn rafs_err(e: ReadError) -> io::Error {
 impl RafsLayer {
     /// Serve `image`, reading chunks through `chunks`; `name` describes it in errors.
     pub fn new(image: Arc<Image>, chunks: Arc<dyn ChunkReader>, name: String) -> Self {
-        use crate::rafs::layout::sb_flags;
-        let explicit = image.ext.as_ref().is_none_or(|e| e.flags & sb_flags::EXPLICIT_UID_GID != 0);
-        let owner =
-            (!explicit).then(|| (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()));
+        let owner = crate::rafs::reader::implied_owner(&image);
         Self { image, chunks, name, owner }
     }
 
@@ -354,39 +352,8 @@ impl RafsLayer {
     }
 
     fn stat(&self, inode: &Inode) -> stat64 {
-        let d = &inode.disk;
-        let mut st = crate::sys::zeroed_stat64();
-        st.st_ino = inode.nid;
-        st.st_mode = u32::from(d.mode);
-        st.st_nlink = u64::from(d.nlink);
-        let (uid, gid) = self.owner.unwrap_or((d.uid, d.gid));
-        st.st_uid = uid;
-        st.st_gid = gid;
-        st.st_rdev = inode.rdev();
-        st.st_size = d.size as i64;
-        st.st_blksize = 4096;
-        st.st_blocks = d.size.div_ceil(512) as i64;
-        st.st_mtime = d.mtime as i64;
-        st.st_mtime_nsec = i64::from(d.mtime_nsec);
-        st.st_ctime = st.st_mtime;
-        st.st_ctime_nsec = st.st_mtime_nsec;
-        st.st_atime = st.st_mtime;
-        st.st_atime_nsec = st.st_mtime_nsec;
-        st
+        crate::rafs::reader::inode_stat(inode, self.owner)
     }
-}
-
-fn rafs_dtype(ft: u8) -> u32 {
-    u32::from(match ft {
-        file_type::REG => libc::DT_REG,
-        file_type::DIR => libc::DT_DIR,
-        file_type::CHR => libc::DT_CHR,
-        file_type::BLK => libc::DT_BLK,
-        file_type::FIFO => libc::DT_FIFO,
-        file_type::SOCK => libc::DT_SOCK,
-        file_type::SYMLINK => libc::DT_LNK,
-        _ => libc::DT_UNKNOWN,
-    })
 }
 
 impl Layer for RafsLayer {
@@ -456,7 +423,11 @@ impl Layer for RafsLayer {
                     out.push(DirItem::Whiteout(e.name.to_vec()));
                     continue;
                 }
-                out.push(DirItem::Entry(e.name.to_vec(), e.nid, rafs_dtype(e.file_type)));
+                out.push(DirItem::Entry(
+                    e.name.to_vec(),
+                    e.nid,
+                    crate::rafs::reader::dtype(e.file_type),
+                ));
             }
         }
         Ok(out)

@@ -878,6 +878,53 @@ fn slice<'a>(data: &'a [u8], offset: u64, len: u64, what: &'static str) -> Resul
     }
 }
 
+/// d_type of an image file type.
+pub fn dtype(ft: u8) -> u32 {
+    u32::from(match ft {
+        crate::rafs::layout::file_type::REG => libc::DT_REG,
+        crate::rafs::layout::file_type::DIR => libc::DT_DIR,
+        crate::rafs::layout::file_type::CHR => libc::DT_CHR,
+        crate::rafs::layout::file_type::BLK => libc::DT_BLK,
+        crate::rafs::layout::file_type::FIFO => libc::DT_FIFO,
+        crate::rafs::layout::file_type::SOCK => libc::DT_SOCK,
+        crate::rafs::layout::file_type::SYMLINK => libc::DT_LNK,
+        _ => libc::DT_UNKNOWN,
+    })
+}
+
+/// uid/gid to report for an image that does not carry explicit owners (the daemon's own, as
+/// nydusd does); `None` when it does.
+pub fn implied_owner(image: &Image) -> Option<(u32, u32)> {
+    let explicit = image
+        .ext
+        .as_ref()
+        .is_none_or(|e| e.flags & crate::rafs::layout::sb_flags::EXPLICIT_UID_GID != 0);
+    (!explicit).then(|| (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()))
+}
+
+/// The attributes of an image inode (`st_ino` = nid; times all from mtime, as images keep one).
+pub fn inode_stat(inode: &Inode, owner: Option<(u32, u32)>) -> libc::stat64 {
+    let d = &inode.disk;
+    let mut st = crate::sys::zeroed_stat64();
+    st.st_ino = inode.nid;
+    st.st_mode = u32::from(d.mode);
+    st.st_nlink = u64::from(d.nlink);
+    let (uid, gid) = owner.unwrap_or((d.uid, d.gid));
+    st.st_uid = uid;
+    st.st_gid = gid;
+    st.st_rdev = inode.rdev();
+    st.st_size = d.size as i64;
+    st.st_blksize = 4096;
+    st.st_blocks = d.size.div_ceil(512) as i64;
+    st.st_mtime = d.mtime as i64;
+    st.st_mtime_nsec = i64::from(d.mtime_nsec);
+    st.st_ctime = st.st_mtime;
+    st.st_ctime_nsec = st.st_mtime_nsec;
+    st.st_atime = st.st_mtime;
+    st.st_atime_nsec = st.st_mtime_nsec;
+    st
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
