@@ -406,3 +406,144 @@ proptest! {
         }
     }
 }
+
+fn strata(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_strata")).args(args).output().unwrap()
+}
+
+fn strata_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = strata(args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn cli_show_stats_export() {
+    use std::ffi::OsStr;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, Mode::Full);
+    let log = cfg.path.clone();
+    let sink = start(cfg);
+    ping_pong(&sink, 6);
+    drop(sink);
+    let l = log.as_os_str();
+    let a = |s: &'static str| OsStr::new(s);
+
+    let v = strata_json(&[a("accesslog"), a("show"), a("--json"), l]);
+    assert_eq!(v["mode"], "full");
+    assert_eq!(v["dropped"], 0);
+    let evs = v["events"].as_array().unwrap();
+    assert_eq!(evs.len(), 12);
+    assert_eq!(evs[0]["op"], "lookup");
+    assert_eq!(evs[0]["path"], "/etc");
+    assert_eq!(evs[1]["process"], "beta");
+    assert_eq!(evs[5]["offset"], 2 * 4096);
+
+    let v = strata_json(&[
+        a("accesslog"),
+        a("show"),
+        a("--json"),
+        a("--process"),
+        a("beta"),
+        a("--op"),
+        a("read,open"),
+        l,
+    ]);
+    assert_eq!(v["events"].as_array().unwrap().len(), 5);
+    let v = strata_json(&[
+        a("accesslog"),
+        a("show"),
+        a("--json"),
+        a("--uid"),
+        a("1000"),
+        a("--limit"),
+        a("2"),
+        l,
+    ]);
+    assert_eq!(v["events"].as_array().unwrap().len(), 2);
+    let v = strata_json(&[
+        a("accesslog"),
+        a("show"),
+        a("--json"),
+        a("--path-prefix"),
+        a("/etc/hosts"),
+        l,
+    ]);
+    assert_eq!(v["events"].as_array().unwrap().len(), 11);
+    let v = strata_json(&[a("accesslog"), a("show"), a("--json"), a("--until"), a("0"), l]);
+    assert_eq!(v["events"].as_array().unwrap().len(), 0);
+
+    let v = strata_json(&[a("accesslog"), a("stats"), a("--json"), l]);
+    assert_eq!(v["events"], 12);
+    assert_eq!(v["top_by_bytes"][0]["path"], "/etc/hosts");
+    assert_eq!(v["top_by_bytes"][0]["bytes_read"], 8 * 4096);
+    let order: Vec<&str> =
+        v["first_touch"].as_array().unwrap().iter().map(|t| t["path"].as_str().unwrap()).collect();
+    assert_eq!(order, ["/etc", "/etc/hosts"]);
+    assert_eq!(v["cache"]["hit_ratio"], 0.5);
+    assert_eq!(v["processes"].as_array().unwrap().len(), 2);
+    let text = strata(&[a("accesslog"), a("stats"), l]);
+    assert!(text.status.success());
+    assert!(String::from_utf8_lossy(&text.stdout).contains("first-touch order (2 paths)"));
+
+    let out = dir.path().join("opt.json");
+    let r = strata(&[
+        a("accesslog"),
+        a("export"),
+        a("--format"),
+        a("nydus-optimize"),
+        a("-o"),
+        out.as_os_str(),
+        l,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"version":"v1","files":[{"path":"/etc/hosts","ranges":[[8192,16384]]}]})
+    );
+    let r = strata(&[
+        a("accesslog"),
+        a("export"),
+        a("--format"),
+        a("prefetch-list"),
+        a("-o"),
+        a("-"),
+        l,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "/etc/hosts\n");
+    let r = strata(&[a("accesslog"), a("export"), a("--format"), a("csv"), a("-o"), a("-"), l]);
+    assert_eq!(String::from_utf8_lossy(&r.stdout).lines().count(), 13);
+    let r = strata(&[a("accesslog"), a("export"), a("--format"), a("json"), a("-o"), a("-"), l]);
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 12);
+
+    // A torn tail warns and still reads; garbage and future versions fail clearly.
+    let data = std::fs::read(&log).unwrap();
+    std::fs::write(&log, &data[..data.len() - 2]).unwrap();
+    let r = strata(&[a("accesslog"), a("show"), a("--json"), l]);
+    assert!(r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("torn tail"));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["events"].as_array().unwrap().len(), 11);
+    assert_eq!(v["torn"].as_array().unwrap().len(), 1);
+    let bad = dir.path().join("garbage.log");
+    std::fs::write(&bad, b"\x7fELF this is no log").unwrap();
+    let r = strata(&[a("accesslog"), a("stats"), bad.as_os_str()]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("not a strata access log"));
+    let mut future = data.clone();
+    future[8] = 3;
+    std::fs::write(&bad, &future).unwrap();
+    let r = strata(&[
+        a("accesslog"),
+        a("export"),
+        a("--format"),
+        a("csv"),
+        a("-o"),
+        a("-"),
+        bad.as_os_str(),
+    ]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("version 3 is newer"));
+}
