@@ -15,7 +15,7 @@
 //! has already recorded, so repeated reads of the same chunk or stats of the same file cost a
 //! hash and a load; the writer removes the remaining duplicates exactly (between threads).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, OnceLock, Weak};
@@ -105,8 +105,9 @@ impl SinkOptions {
 
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub recorded: AtomicU64,
+    /// Drops outside a slot (no free slot, thread teardown, lost writes).
     pub dropped: AtomicU64,
+    /// Duplicates the writer removed.
     pub deduped: AtomicU64,
     pub written_records: AtomicU64,
     pub written_bytes: AtomicU64,
@@ -126,6 +127,10 @@ pub(crate) struct Slot {
     tail: AtomicU64,
     /// Set when the owner has woken the writer for this slot; cleared by the writer.
     kicked: AtomicBool,
+    /// Owner-only counters (plain load + store: no locked instruction on the hot path).
+    recorded: AtomicU64,
+    deduped: AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl Slot {
@@ -137,6 +142,9 @@ impl Slot {
             head: AtomicU64::new(0),
             tail: AtomicU64::new(0),
             kicked: AtomicBool::new(false),
+            recorded: AtomicU64::new(0),
+            deduped: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         }
     }
 }
@@ -173,6 +181,14 @@ impl Drop for Claim {
 thread_local! {
     static THREAD_TOKEN: u64 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
     static CLAIMS: RefCell<Vec<Claim>> = const { RefCell::new(Vec::new()) };
+    /// (sink id, slot) of this thread's last record: the fast path past `CLAIMS`.
+    static LAST: Cell<(u64, usize)> = const { Cell::new((0, 0)) };
+}
+
+/// Add one to a counter only its slot's owner writes.
+#[inline]
+fn bump(a: &AtomicU64) {
+    a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
 }
 
 /// The recorder the FUSE paths call. Cheap to share (`Arc<AccessSink>`); dropping the last
@@ -287,8 +303,7 @@ impl AccessSink {
         if self.shared.mode == Mode::Off {
             return;
         }
-        let ts = self.now_ns();
-        self.shared.record_at(&ev, ts);
+        self.shared.record(&ev);
     }
 
     /// Write everything recorded so far (by any thread, before this call) to the log and fsync
@@ -306,10 +321,12 @@ impl AccessSink {
     pub fn stats(&self) -> SinkStats {
         let c = &self.shared.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let sum =
+            |f: fn(&Slot) -> &AtomicU64| self.shared.slots.iter().map(|s| l(f(s))).sum::<u64>();
         SinkStats {
-            recorded: l(&c.recorded),
-            dropped: l(&c.dropped),
-            deduped: l(&c.deduped),
+            recorded: sum(|s| &s.recorded),
+            dropped: l(&c.dropped) + sum(|s| &s.dropped),
+            deduped: l(&c.deduped) + sum(|s| &s.deduped),
             written_records: l(&c.written_records),
             written_bytes: l(&c.written_bytes),
             write_errors: l(&c.write_errors),
@@ -433,16 +450,27 @@ impl Shared {
     /// The calling thread's slot index, claiming one on its first event.
     #[inline]
     fn with_slot(self: &Arc<Self>, f: impl FnOnce(usize)) -> bool {
+        // Fast path: the slot this thread used last, if it was for this sink.
+        if let Ok((sink, slot)) = LAST.try_with(Cell::get) {
+            if sink == self.id {
+                f(slot);
+                return true;
+            }
+        }
         CLAIMS
             .try_with(|c| {
                 let Ok(mut claims) = c.try_borrow_mut() else { return false };
-                if let Some(cl) = claims.iter().find(|cl| cl.sink == self.id) {
-                    f(cl.slot);
-                    return true;
-                }
-                let Some(slot) = self.claim() else { return false };
-                claims.retain(|cl| cl.shared.strong_count() > 0);
-                claims.push(Claim { sink: self.id, shared: Arc::downgrade(self), slot });
+                let slot = match claims.iter().find(|cl| cl.sink == self.id) {
+                    Some(cl) => cl.slot,
+                    None => {
+                        let Some(slot) = self.claim() else { return false };
+                        claims.retain(|cl| cl.shared.strong_count() > 0);
+                        claims.push(Claim { sink: self.id, shared: Arc::downgrade(self), slot });
+                        slot
+                    }
+                };
+                // The claim lives as long as the thread, so the cached index stays valid.
+                let _ = LAST.try_with(|l| l.set((self.id, slot)));
                 f(slot);
                 true
             })
@@ -460,36 +488,38 @@ impl Shared {
         Some(i)
     }
 
-    fn record_at(self: &Arc<Self>, ev: &Event<'_>, ts: u64) {
-        let done = self.with_slot(|i| self.push(i, ev, ts));
+    #[inline]
+    fn record(self: &Arc<Self>, ev: &Event<'_>) {
+        let done = self.with_slot(|i| self.push(i, ev));
         if !done {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn push(&self, i: usize, ev: &Event<'_>, ts: u64) {
+    #[inline]
+    fn push(&self, i: usize, ev: &Event<'_>) {
         let slot = &self.slots[i];
         let (Some(ring), Some(filter)) = (slot.ring.get(), slot.filter.get()) else {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            bump(&slot.dropped);
             return;
         };
         let first_touch = self.mode == Mode::FirstTouch && !filter.is_empty();
         let key =
             if first_touch { touch(ev.op, ev.range, ev.chunks, ev.name) } else { Touch::Always };
         if first_touch && seen(filter, ev, key) {
-            self.counters.deduped.fetch_add(1, Ordering::Relaxed);
+            bump(&slot.deduped);
             return;
         }
-        if !encode(slot, ring, ev, ts) {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        // Stamped only now: a deduped event needs no clock read.
+        let Some(used) = encode(slot, ring, ev, self.now_ns()) else {
+            bump(&slot.dropped);
             return;
-        }
-        self.counters.recorded.fetch_add(1, Ordering::Relaxed);
+        };
+        bump(&slot.recorded);
         if first_touch {
             remember(filter, ev, key);
         }
         // Wake the writer early when the ring is half full, once per drain.
-        let used = slot.head.load(Ordering::Relaxed) - slot.tail.load(Ordering::Relaxed);
         if used * 2 > ring.len() as u64 && !slot.kicked.swap(true, Ordering::Relaxed) {
             let _ = self.wake.try_send(Cmd::Wake);
         }
@@ -517,6 +547,12 @@ impl Shared {
             slot.tail.store(t, Ordering::Release);
             slot.kicked.store(false, Ordering::Relaxed);
         }
+    }
+
+    /// Every event dropped so far, in slots and outside them.
+    pub(crate) fn dropped_total(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Relaxed)
+            + self.slots.iter().map(|s| s.dropped.load(Ordering::Relaxed)).sum::<u64>()
     }
 
     /// Count `n` events lost after they were buffered.
@@ -558,9 +594,10 @@ fn remember(filter: &[AtomicU64], ev: &Event<'_>, key: Touch) {
 // Head word layout: op (bits 0-7), length in words (8-15), has range (16), has chunks (17),
 // cache code (18-19), has name (20), has name2 (21), name length (32-47), name2 length (48-63).
 
-/// Write `ev` into the slot's ring; false when it does not fit.
+/// Write `ev` into the slot's ring; returns the words in use after it, None when it does not
+/// fit.
 #[inline]
-fn encode(slot: &Slot, ring: &[AtomicU64], ev: &Event<'_>, ts: u64) -> bool {
+fn encode(slot: &Slot, ring: &[AtomicU64], ev: &Event<'_>, ts: u64) -> Option<u64> {
     let name = ev.name.unwrap_or_default();
     let name2 = ev.name2.unwrap_or_default();
     let words = BASE_WORDS
@@ -569,13 +606,13 @@ fn encode(slot: &Slot, ring: &[AtomicU64], ev: &Event<'_>, ts: u64) -> bool {
         + name_words(name.len())
         + name_words(name2.len());
     if words > MAX_EVENT_WORDS || name.len() > 0xffff || name2.len() > 0xffff {
-        return false;
+        return None;
     }
     let cap = ring.len() as u64;
     let head = slot.head.load(Ordering::Relaxed);
     let tail = slot.tail.load(Ordering::Acquire);
     if head - tail + words as u64 > cap {
-        return false;
+        return None;
     }
     let mask = cap - 1;
     let mut at = head;
@@ -614,7 +651,7 @@ fn encode(slot: &Slot, ring: &[AtomicU64], ev: &Event<'_>, ts: u64) -> bool {
         }
     }
     slot.head.store(head + words as u64, Ordering::Release);
-    true
+    Some(head + words as u64 - tail)
 }
 
 /// Decode the event at word `t` (below `head`); returns it and its length in words.
@@ -696,7 +733,7 @@ mod tests {
         // Many rounds so records straddle the end of the 64-word ring.
         for round in 0..50u64 {
             for (k, ev) in evs.iter().enumerate() {
-                assert!(encode(&slot, &ring, ev, round * 10 + k as u64));
+                assert!(encode(&slot, &ring, ev, round * 10 + k as u64).is_some());
             }
             let head = slot.head.load(Ordering::Acquire);
             let mut t = slot.tail.load(Ordering::Relaxed);
@@ -714,12 +751,15 @@ mod tests {
     fn full_ring_refuses_without_blocking() {
         let (slot, ring) = test_slot(16);
         let ev = Event::new(Op::Read, 1, 1, 1).with_range(0, 1);
-        assert!(encode(&slot, &ring, &ev, 0)); // 8 words
-        assert!(encode(&slot, &ring, &ev, 0)); // 16 words
-        assert!(!encode(&slot, &ring, &ev, 0));
+        assert_eq!(encode(&slot, &ring, &ev, 0), Some(8));
+        assert_eq!(encode(&slot, &ring, &ev, 0), Some(16));
+        assert_eq!(encode(&slot, &ring, &ev, 0), None);
         let long = [b'n'; 2100];
         let (slot, ring) = test_slot(1024);
-        assert!(!encode(&slot, &ring, &Event::new(Op::Lookup, 1, 1, 1).with_name(&long), 0));
+        assert_eq!(
+            encode(&slot, &ring, &Event::new(Op::Lookup, 1, 1, 1).with_name(&long), 0),
+            None
+        );
     }
 
     #[test]

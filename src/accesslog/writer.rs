@@ -128,7 +128,7 @@ impl Writer {
         let drops_before = self.reported_drops;
         let mut records = 0u64;
         let mut events = 0u64;
-        let dropped = self.shared.counters.dropped.load(Ordering::Relaxed);
+        let dropped = self.shared.dropped_total();
         if dropped > self.reported_drops {
             let d =
                 DropRecord { ts_ns: self.shared.now_ns(), count: dropped - self.reported_drops };
