@@ -115,6 +115,14 @@ fn two_threads_read_back_exactly() {
     assert_eq!(beta.apply(&r.events).count(), 38);
     let by_tgid = Filter { pids: vec![200], ..Default::default() };
     assert_eq!(by_tgid.apply(&r.events).count(), 40);
+    // The in-memory view of the last events (what the API serves) matches the file.
+    let recent = sink.recent(&Filter::default(), 5);
+    assert_eq!(recent[..], r.events[75..]);
+    let recent_beta = sink.recent(&beta, 1000);
+    assert_eq!(recent_beta.len(), 38);
+    assert!(recent_beta
+        .iter()
+        .all(|e| e.process == "beta" && e.path.as_deref() == Some("/etc/hosts")));
     drop(sink);
 }
 

@@ -163,8 +163,27 @@ impl Replayer {
         }
     }
 
-    /// The result.
-    pub fn finish(self) -> Replay {
+    /// Take the events replayed so far (the path and process state stays).
+    pub fn take_events(&mut self) -> Vec<Resolved> {
+        std::mem::take(&mut self.out.events)
+    }
+
+    /// Forget paths and processes when more than `cap` of either are held (a long-running
+    /// replay; later records name them again).
+    pub fn bound(&mut self, cap: usize) {
+        if self.paths.len() > cap {
+            self.paths.clear();
+        }
+        if self.procs.len() > cap {
+            self.procs.clear();
+        }
+    }
+
+    /// The result, events in time order. The file is in time order within each writer batch;
+    /// an event published just after a drain can follow later-stamped ones, so this sorts
+    /// (stably) by time stamp.
+    pub fn finish(mut self) -> Replay {
+        self.out.events.sort_by_key(|e| e.ts_ns);
         self.out
     }
 }

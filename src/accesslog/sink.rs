@@ -16,6 +16,7 @@
 //! hash and a load; the writer removes the remaining duplicates exactly (between threads).
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, OnceLock, Weak};
@@ -28,6 +29,7 @@ use serde::Serialize;
 use super::config::{AccessLogConfig, Mode};
 use super::event::{Access, Cache, ChunkSpan, Event, Op, Range};
 use super::file::{LogHeader, LogWriter};
+use super::query::{Filter, Resolved};
 use super::resolve::{PathResolver, ProcFs, ProcessResolver};
 use super::writer::{Cmd, Writer};
 use super::Error;
@@ -197,6 +199,7 @@ pub struct AccessSink {
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
     last_error: Arc<Mutex<Option<String>>>,
+    recent: Arc<Mutex<VecDeque<Resolved>>>,
 }
 
 impl std::fmt::Debug for AccessSink {
@@ -222,6 +225,7 @@ impl AccessSink {
             }),
             writer: Mutex::new(None),
             last_error: Arc::new(Mutex::new(None)),
+            recent: Arc::new(Mutex::new(VecDeque::new())),
         }
     }
 
@@ -263,6 +267,7 @@ impl AccessSink {
             wake: tx,
         });
         let last_error = Arc::new(Mutex::new(None));
+        let recent = Arc::new(Mutex::new(VecDeque::new()));
         let writer = Writer::new(
             shared.clone(),
             log,
@@ -270,13 +275,14 @@ impl AccessSink {
             opts.processes,
             cfg.mode,
             last_error.clone(),
+            recent.clone(),
         );
         let interval = cfg.flush_interval();
         let handle = std::thread::Builder::new()
             .name("accesslog".into())
             .spawn(move || writer.run(rx, interval))
             .map_err(|e| Error::Thread(e.to_string()))?;
-        Ok(Self { shared, writer: Mutex::new(Some(handle)), last_error })
+        Ok(Self { shared, writer: Mutex::new(Some(handle)), last_error, recent })
     }
 
     /// The mode recorded.
@@ -332,6 +338,18 @@ impl AccessSink {
             write_errors: l(&c.write_errors),
             rotations: l(&c.rotations),
         }
+    }
+
+    /// The last `limit` written events that pass `filter`, oldest first, with paths and
+    /// process names (for the `/api/v1/accesslog` endpoint). The writer keeps the last
+    /// [`super::writer::RECENT_CAP`] events; call [`AccessSink::flush`] first to include
+    /// events still buffered.
+    pub fn recent(&self, filter: &Filter, limit: usize) -> Vec<Resolved> {
+        let q = self.recent.lock();
+        let mut v: Vec<Resolved> =
+            q.iter().rev().filter(|e| filter.matches(e)).take(limit).cloned().collect();
+        v.reverse();
+        v
     }
 
     /// The last error the writer hit (a full disk, say), if any.

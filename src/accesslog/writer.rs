@@ -6,7 +6,7 @@
 //! Timer ticks only `write` (the data then survives a crash of the daemon, not of the
 //! machine); `flush()`, rotation and shutdown also fsync.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use super::config::Mode;
 use super::event::{Access, DropRecord, Op, PathRecord, ProcessRecord, Record};
 use super::file::LogWriter;
+use super::query::{Replayer, Resolved};
 use super::resolve::{PathResolver, ProcessInfo, ProcessResolver};
 use super::sink::{touch, Shared, Touch};
 use super::Error;
@@ -32,6 +33,9 @@ const KNOWN_CAP: usize = 1 << 20;
 const PROCS_CAP: usize = 1 << 16;
 /// How long a pid's process stays cached before it is looked up again (pids get reused).
 const PROC_TTL: Duration = Duration::from_secs(10);
+
+/// Recent events kept in memory for [`super::AccessSink::recent`].
+pub const RECENT_CAP: usize = 4096;
 
 /// Messages to the writer thread.
 pub(crate) enum Cmd {
@@ -62,6 +66,9 @@ pub(crate) struct Writer {
     emitted_procs: HashMap<u32, ProcessInfo>,
     touched: HashSet<(u32, u64, u64)>,
     reported_drops: u64,
+    /// Replays what is written, for the recent-events view.
+    replayer: Replayer,
+    recent: Arc<Mutex<VecDeque<Resolved>>>,
 }
 
 impl Writer {
@@ -72,6 +79,7 @@ impl Writer {
         procs: Arc<dyn ProcessResolver>,
         mode: Mode,
         last_error: Arc<Mutex<Option<String>>>,
+        recent: Arc<Mutex<VecDeque<Resolved>>>,
     ) -> Self {
         Self {
             shared,
@@ -87,6 +95,8 @@ impl Writer {
             emitted_procs: HashMap::new(),
             touched: HashSet::new(),
             reported_drops: 0,
+            replayer: Replayer::new(),
+            recent,
         }
     }
 
@@ -146,6 +156,7 @@ impl Writer {
             self.after(&a);
         }
         self.batch = batch;
+        self.publish_recent();
         let mut result = match self.log.commit() {
             Ok(n) => {
                 let c = &self.shared.counters;
@@ -186,10 +197,29 @@ impl Writer {
         result
     }
 
+    /// Move newly replayed events to the recent-events view, keeping the last [`RECENT_CAP`].
+    fn publish_recent(&mut self) {
+        let new = self.replayer.take_events();
+        self.replayer.bound(KNOWN_CAP);
+        if new.is_empty() {
+            return;
+        }
+        let mut q = self.recent.lock();
+        for e in new.into_iter().rev().take(RECENT_CAP).rev() {
+            if q.len() == RECENT_CAP {
+                q.pop_front();
+            }
+            q.push_back(e);
+        }
+    }
+
     /// Encode one record; returns 1 (or 0 if it could not be encoded, which is counted).
     fn push(&mut self, r: &Record) -> u64 {
         match self.log.push(r) {
-            Ok(()) => 1,
+            Ok(()) => {
+                self.replayer.record(r);
+                1
+            }
             Err(e) => {
                 self.fail(&e);
                 if matches!(r, Record::Access(_)) {
