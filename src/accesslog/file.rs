@@ -594,6 +594,32 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_leaves_the_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut w = LogWriter::create(&path, LogHeader::new(Mode::Full, 1, 7, 0), 0, 1).unwrap();
+        let rec = |n| Record::Dropped(DropRecord { ts_ns: n, count: 1 });
+        w.push(&rec(1)).unwrap();
+        w.commit().unwrap();
+        let good = w.len();
+        // A full disk: /dev/full fails every write with ENOSPC.
+        let real = std::mem::replace(
+            &mut w.file,
+            OpenOptions::new().append(true).open("/dev/full").unwrap(),
+        );
+        w.push(&rec(2)).unwrap();
+        let e = w.commit().unwrap_err();
+        assert!(e.to_string().contains("No space"), "{e}");
+        assert_eq!((w.len(), w.pending()), (good, 0));
+        w.file = real;
+        w.push(&rec(3)).unwrap();
+        w.commit().unwrap();
+        let log = read_log(&path).unwrap();
+        assert_eq!(log.records, vec![rec(1), rec(3)]);
+        assert_eq!(log.torn_tail, None);
+    }
+
+    #[test]
     fn writer_rotates_and_sessions_list_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
