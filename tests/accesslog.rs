@@ -555,3 +555,26 @@ fn cli_show_stats_export() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("version 3 is newer"));
 }
+
+#[test]
+fn a_short_lived_process_keeps_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir, Mode::Full);
+    cfg.flush_interval_ms = 60_000; // only the new-pid wakeup can resolve it in time
+    let path = cfg.path.clone();
+    let sink =
+        Arc::new(AccessSink::start(SinkOptions::new(cfg).paths(Arc::new(RootOnly(1)))).unwrap());
+    let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+    sink.record(Event::new(Op::Lookup, 1, child.id(), 0).with_name(b"x").with_aux(2));
+    // The writer wakes for the new pid; give it a moment, then end the process.
+    let t0 = Instant::now();
+    while sink.stats().written_records < 2 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(sink);
+    let r = replay_path(&path, false).unwrap();
+    assert_eq!(r.events.len(), 1);
+    assert_eq!((r.events[0].process.as_str(), r.events[0].tgid), ("sleep", child.id()));
+}

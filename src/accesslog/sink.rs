@@ -17,7 +17,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
@@ -44,6 +44,8 @@ const FILTER_ENTRIES: usize = 4096;
 const FILTER_MAX_CHUNKS: u64 = 64;
 /// Granularity of touch keys for reads and writes that carry a range but no chunk span.
 pub const PSEUDO_CHUNK_SHIFT: u32 = 20;
+/// Entries of each slot's table of recently seen pids (a new pid wakes the writer).
+const PID_ENTRIES: usize = 64;
 /// Fixed words of every encoded event: head, ts, inode, aux, pid|uid, layer.
 const BASE_WORDS: usize = 6;
 /// Largest encoded event (the length lives in 8 bits of the head word).
@@ -129,6 +131,8 @@ pub(crate) struct Slot {
     tail: AtomicU64,
     /// Set when the owner has woken the writer for this slot; cleared by the writer.
     kicked: AtomicBool,
+    /// Pids this slot's owner recorded lately, direct-mapped by pid.
+    pids: [AtomicU32; PID_ENTRIES],
     /// Owner-only counters (plain load + store: no locked instruction on the hot path).
     recorded: AtomicU64,
     deduped: AtomicU64,
@@ -144,6 +148,7 @@ impl Slot {
             head: AtomicU64::new(0),
             tail: AtomicU64::new(0),
             kicked: AtomicBool::new(false),
+            pids: std::array::from_fn(|_| AtomicU32::new(0)),
             recorded: AtomicU64::new(0),
             deduped: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -537,8 +542,15 @@ impl Shared {
         if first_touch {
             remember(filter, ev, key);
         }
-        // Wake the writer early when the ring is half full, once per drain.
-        if used * 2 > ring.len() as u64 && !slot.kicked.swap(true, Ordering::Relaxed) {
+        // Wake the writer at once for a pid this thread has not seen lately: it reads the
+        // process's name from /proc while the process most likely still runs (a short-lived
+        // process could be gone by the next timer tick).
+        let p = &slot.pids[ev.pid as usize % PID_ENTRIES];
+        if p.load(Ordering::Relaxed) != ev.pid {
+            p.store(ev.pid, Ordering::Relaxed);
+            let _ = self.wake.try_send(Cmd::Wake);
+        } else if used * 2 > ring.len() as u64 && !slot.kicked.swap(true, Ordering::Relaxed) {
+            // Early drain when the ring is half full, once per drain.
             let _ = self.wake.try_send(Cmd::Wake);
         }
     }
