@@ -1,6 +1,8 @@
 //! The `strata` command line: argument parsing and the commands' glue. Owns nothing of the
-//! formats; every command calls into [`crate::rafs`] and [`crate::storage`].
+//! formats; every command calls into [`crate::rafs`], [`crate::storage`] and
+//! [`crate::accesslog`].
 
+pub mod accesslog;
 pub mod demo;
 pub mod image;
 
@@ -26,6 +28,9 @@ pub enum Cmd {
     Image(image::ImageCmd),
     /// Build a sample image from an embedded tree, check it, inspect it, read it back.
     Demo(demo::DemoArgs),
+    /// Read access logs: show events, stats, exports (JSON, CSV, prefetch lists).
+    #[command(subcommand)]
+    Accesslog(accesslog::AccesslogCmd),
 }
 
 /// Parse the arguments and run. Invoked as `nydus-image`, the arguments are those of
@@ -47,5 +52,6 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Image(c) => image::run(c),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Accesslog(c) => accesslog::run(c),
     }
 }

@@ -1,0 +1,415 @@
+//! The background writer: drains the sink's rings on a timer, when a ring is half full and on
+//! flush; orders the batch by time; in first-touch mode drops what was seen before (exactly,
+//! across threads); puts a process record before a pid's first event and a path record before
+//! an inode's first event in each file; writes the batch with one `write`; rotates by size.
+//!
+//! Timer ticks only `write` (the data then survives a crash of the daemon, not of the
+//! machine); `flush()`, rotation and shutdown also fsync.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::config::Mode;
+use super::event::{Access, DropRecord, Op, PathRecord, ProcessRecord, Record};
+use super::file::LogWriter;
+use super::query::{Replayer, Resolved};
+use super::resolve::{PathResolver, ProcessInfo, ProcessResolver};
+use super::sink::{touch, Shared, Touch};
+use super::Error;
+use std::sync::atomic::Ordering;
+
+/// First-touch keys remembered by the writer; past this, new keys are not remembered (their
+/// events are still written, so nothing is lost, only deduped less).
+const TOUCH_CAP: usize = 1 << 20;
+/// A data request spanning more chunks than this is written whole, not deduped per chunk.
+const TOUCH_MAX_SPAN: u64 = 4096;
+/// Learned paths kept (cleared when exceeded; the resolver then answers again).
+const KNOWN_CAP: usize = 1 << 20;
+/// Pids whose process is cached (cleared when exceeded).
+const PROCS_CAP: usize = 1 << 16;
+/// How long a pid's process stays cached before it is looked up again (pids get reused).
+const PROC_TTL: Duration = Duration::from_secs(10);
+
+/// Recent events kept in memory for [`super::AccessSink::recent`].
+pub const RECENT_CAP: usize = 4096;
+
+/// Messages to the writer thread.
+pub(crate) enum Cmd {
+    /// A ring is half full: drain now.
+    Wake,
+    /// Drain, write and fsync, then answer.
+    Flush(SyncSender<Result<(), Error>>),
+    /// Drain, write, fsync and exit.
+    Stop,
+}
+
+type Key = (u32, u64);
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    log: LogWriter,
+    paths: Option<Arc<dyn PathResolver>>,
+    procs: Arc<dyn ProcessResolver>,
+    mode: Mode,
+    last_error: Arc<Mutex<Option<String>>>,
+    batch: Vec<Access>,
+    /// Paths learned from lookups or given by the resolver.
+    known: HashMap<Key, Vec<u8>>,
+    /// Inodes whose path the current file has (or that could not be resolved for it).
+    emitted_paths: HashSet<Key>,
+    proc_cache: HashMap<u32, (ProcessInfo, Instant)>,
+    /// Pids whose process the current file has, with what it said.
+    emitted_procs: HashMap<u32, ProcessInfo>,
+    touched: HashSet<(u32, u64, u64)>,
+    reported_drops: u64,
+    /// Replays what is written, for the recent-events view.
+    replayer: Replayer,
+    recent: Arc<Mutex<VecDeque<Resolved>>>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        log: LogWriter,
+        paths: Option<Arc<dyn PathResolver>>,
+        procs: Arc<dyn ProcessResolver>,
+        mode: Mode,
+        last_error: Arc<Mutex<Option<String>>>,
+        recent: Arc<Mutex<VecDeque<Resolved>>>,
+    ) -> Self {
+        Self {
+            shared,
+            log,
+            paths,
+            procs,
+            mode,
+            last_error,
+            batch: Vec::new(),
+            known: HashMap::new(),
+            emitted_paths: HashSet::new(),
+            proc_cache: HashMap::new(),
+            emitted_procs: HashMap::new(),
+            touched: HashSet::new(),
+            reported_drops: 0,
+            replayer: Replayer::new(),
+            recent,
+        }
+    }
+
+    pub(crate) fn run(mut self, rx: Receiver<Cmd>, interval: Duration) {
+        let mut next = Instant::now() + interval;
+        loop {
+            match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok(Cmd::Wake) => {
+                    let _ = self.tick(false);
+                }
+                Ok(Cmd::Flush(ack)) => {
+                    let r = self.tick(true);
+                    let _ = ack.send(r);
+                }
+                Ok(Cmd::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.tick(true);
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.tick(false);
+                    next = Instant::now() + interval;
+                }
+            }
+        }
+    }
+
+    fn fail(&self, e: &Error) {
+        self.shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock() = Some(e.to_string());
+    }
+
+    /// One round: drain, filter, resolve, encode, write (and fsync when `sync`).
+    fn tick(&mut self, sync: bool) -> Result<(), Error> {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
+        self.shared.drain(&mut batch);
+        // Rings are in order each; merge them by time (stable: a thread's order is kept).
+        batch.sort_by_key(|a| a.ts_ns);
+        let drops_before = self.reported_drops;
+        let mut records = 0u64;
+        let mut events = 0u64;
+        let dropped = self.shared.dropped_total();
+        if dropped > self.reported_drops {
+            let d =
+                DropRecord { ts_ns: self.shared.now_ns(), count: dropped - self.reported_drops };
+            records += self.push(&Record::Dropped(d));
+            self.reported_drops = dropped;
+        }
+        for mut a in batch.drain(..) {
+            if self.mode == Mode::FirstTouch && !self.first_touch(&mut a) {
+                self.shared.counters.deduped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            records += self.before(&a);
+            records += self.push(&Record::Access(a.clone()));
+            events += 1;
+            self.after(&a);
+        }
+        self.batch = batch;
+        self.publish_recent();
+        let mut result = match self.log.commit() {
+            Ok(n) => {
+                let c = &self.shared.counters;
+                c.written_bytes.fetch_add(n, Ordering::Relaxed);
+                c.written_records.fetch_add(records, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                // The file was cut back to its last whole record: re-report these drops,
+                // count the events lost, and re-emit path and process records next time.
+                self.fail(&e);
+                self.shared.lost(events);
+                self.reported_drops = drops_before;
+                self.emitted_paths.clear();
+                self.emitted_procs.clear();
+                Err(e)
+            }
+        };
+        if sync {
+            if let Err(e) = self.log.sync() {
+                self.fail(&e);
+                result = result.and(Err(e));
+            }
+        }
+        if self.log.wants_rotation() {
+            match self.log.rotate() {
+                Ok(()) => {
+                    self.shared.counters.rotations.fetch_add(1, Ordering::Relaxed);
+                    self.emitted_paths.clear();
+                    self.emitted_procs.clear();
+                }
+                Err(e) => {
+                    self.fail(&e);
+                    result = result.and(Err(e));
+                }
+            }
+        }
+        result
+    }
+
+    /// Move newly replayed events to the recent-events view, keeping the last [`RECENT_CAP`].
+    fn publish_recent(&mut self) {
+        let new = self.replayer.take_events();
+        self.replayer.bound(KNOWN_CAP);
+        if new.is_empty() {
+            return;
+        }
+        let mut q = self.recent.lock();
+        for e in new.into_iter().rev().take(RECENT_CAP).rev() {
+            if q.len() == RECENT_CAP {
+                q.pop_front();
+            }
+            q.push_back(e);
+        }
+    }
+
+    /// Encode one record; returns 1 (or 0 if it could not be encoded, which is counted).
+    fn push(&mut self, r: &Record) -> u64 {
+        match self.log.push(r) {
+            Ok(()) => {
+                self.replayer.record(r);
+                1
+            }
+            Err(e) => {
+                self.fail(&e);
+                if matches!(r, Record::Access(_)) {
+                    self.shared.lost(1);
+                }
+                0
+            }
+        }
+    }
+
+    /// First-touch: whether to keep `a` (clipping its chunk span to what is new).
+    fn first_touch(&mut self, a: &mut Access) -> bool {
+        let Some(op) = a.op() else { return true };
+        let key = touch(op, a.range, a.chunks, a.name.as_deref());
+        let full = self.touched.len() >= TOUCH_CAP;
+        match key {
+            Touch::Always => true,
+            Touch::Once(k) => full || self.touched.insert((a.layer, a.inode, k)),
+            Touch::Chunks { op, first, last } => {
+                if last - first >= TOUCH_MAX_SPAN || full {
+                    return true;
+                }
+                let tag = u64::from(op) << 56;
+                let mut new = None::<(u64, u64)>;
+                for c in first..=last {
+                    if self.touched.insert((a.layer, a.inode, tag | c)) {
+                        new = Some(new.map_or((c, c), |(f, _)| (f, c)));
+                    }
+                }
+                let Some((f, l)) = new else { return false };
+                if let Some(span) = a.chunks.as_mut() {
+                    span.first = f as u32;
+                    span.last = l as u32;
+                }
+                true
+            }
+        }
+    }
+
+    /// Records an access needs before it: its process, its inodes' paths. Returns how many.
+    fn before(&mut self, a: &Access) -> u64 {
+        let mut n = self.process(a.pid);
+        n += self.ensure_path((a.layer, a.inode));
+        if matches!(a.op(), Some(Op::Rename | Op::Link)) && a.aux != 0 {
+            n += self.ensure_path((a.layer, a.aux));
+        }
+        n
+    }
+
+    /// Learn from an access: lookups and creates name a child; renames and unlinks move or
+    /// remove paths.
+    fn after(&mut self, a: &Access) {
+        let Some(op) = a.op() else { return };
+        let Some(name) = a.name.as_deref() else { return };
+        if op.aux_is_child() && a.aux != 0 {
+            if let Some(parent) = self.path_of((a.layer, a.inode)) {
+                self.learn((a.layer, a.aux), join(&parent, name));
+            }
+        }
+        match op {
+            Op::Rename => {
+                let (Some(old_dir), Some(new_dir)) =
+                    (self.path_of((a.layer, a.inode)), self.path_of((a.layer, a.aux)))
+                else {
+                    return;
+                };
+                let Some(new_name) = a.name2.as_deref() else { return };
+                let (from, to) = (join(&old_dir, name), join(&new_dir, new_name));
+                let moved: Vec<(Key, Vec<u8>)> = self
+                    .known
+                    .iter()
+                    .filter_map(|(k, p)| {
+                        under(p, &from).map(|rest| {
+                            let mut np = to.clone();
+                            np.extend_from_slice(rest);
+                            (*k, np)
+                        })
+                    })
+                    .collect();
+                for (k, p) in moved {
+                    self.learn(k, p);
+                }
+            }
+            Op::Unlink | Op::Rmdir => {
+                let Some(dir) = self.path_of((a.layer, a.inode)) else { return };
+                let gone = join(&dir, name);
+                let keys: Vec<Key> = self
+                    .known
+                    .iter()
+                    .filter(|(_, p)| under(p, &gone).is_some())
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in keys {
+                    self.known.remove(&k);
+                    self.emitted_paths.remove(&k);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn learn(&mut self, k: Key, p: Vec<u8>) {
+        if self.known.get(&k) == Some(&p) {
+            return;
+        }
+        if self.known.len() >= KNOWN_CAP {
+            self.known.clear();
+        }
+        self.known.insert(k, p);
+        // The file has an older path (or none) for it: write the new one before its next use.
+        self.emitted_paths.remove(&k);
+    }
+
+    /// The path of `k`, learned or from the resolver.
+    fn path_of(&mut self, k: Key) -> Option<Vec<u8>> {
+        if let Some(p) = self.known.get(&k) {
+            return Some(p.clone());
+        }
+        let p = self.paths.as_ref()?.path(k.0, k.1)?;
+        if self.known.len() >= KNOWN_CAP {
+            self.known.clear();
+        }
+        self.known.insert(k, p.clone());
+        Some(p)
+    }
+
+    fn ensure_path(&mut self, k: Key) -> u64 {
+        if !self.emitted_paths.insert(k) {
+            return 0;
+        }
+        match self.path_of(k) {
+            Some(path) => self.push(&Record::Path(PathRecord { layer: k.0, inode: k.1, path })),
+            None => 0,
+        }
+    }
+
+    fn process(&mut self, pid: u32) -> u64 {
+        let now = Instant::now();
+        let fresh =
+            self.proc_cache.get(&pid).is_some_and(|(_, at)| now.duration_since(*at) < PROC_TTL);
+        if !fresh {
+            if self.proc_cache.len() >= PROCS_CAP {
+                self.proc_cache.clear();
+            }
+            let info = self.procs.process(pid);
+            // A thread that has exited keeps the name it had when last seen.
+            let info = match self.proc_cache.get(&pid) {
+                Some((old, _)) if info.name.is_empty() => old.clone(),
+                _ => info,
+            };
+            self.proc_cache.insert(pid, (info, now));
+        }
+        let info = &self.proc_cache[&pid].0;
+        if self.emitted_procs.get(&pid) == Some(info) {
+            return 0;
+        }
+        let info = info.clone();
+        self.emitted_procs.insert(pid, info.clone());
+        self.push(&Record::Process(ProcessRecord { pid, tgid: info.tgid, name: info.name }))
+    }
+}
+
+/// `dir/name` (`/name` under the root).
+pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    p.extend_from_slice(dir);
+    if !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// If `path` is `base` or below it, the rest of `path` after `base` (empty or starting `/`).
+fn under<'a>(path: &'a [u8], base: &[u8]) -> Option<&'a [u8]> {
+    let rest = path.strip_prefix(base)?;
+    (rest.is_empty() || rest.starts_with(b"/")).then_some(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_and_prefixes() {
+        assert_eq!(join(b"/", b"a"), b"/a");
+        assert_eq!(join(b"/a", b"b"), b"/a/b");
+        assert_eq!(under(b"/a/b", b"/a"), Some(&b"/b"[..]));
+        assert_eq!(under(b"/a", b"/a"), Some(&b""[..]));
+        assert_eq!(under(b"/ab", b"/a"), None);
+        assert_eq!(under(b"/b", b"/a"), None);
+    }
+}
