@@ -125,6 +125,17 @@ pub trait DaemonControl: Send + Sync {
     fn metrics_blobcache(&self, id: Option<&str>) -> Result<Value, ApiError>;
     /// `GET /api/v1/metrics/inflight`.
     fn metrics_inflight(&self) -> Value;
+    /// `GET /api/v1/accesslog?id=&pid=&uid=&process=&path=&op=&since=&until=&limit=`: the
+    /// access log's mode and counters and its most recent events passing `filter` (at most
+    /// `limit`, oldest first). Answers 501 unless implemented.
+    fn accesslog(
+        &self,
+        _id: Option<&str>,
+        _filter: &crate::accesslog::Filter,
+        _limit: usize,
+    ) -> Result<Value, ApiError> {
+        Err(ApiError::not_implemented("this daemon keeps no access log"))
+    }
 
     /// `PUT /api/v1/daemon/start`: start serving after a takeover. Answers 501 unless
     /// implemented.
@@ -617,6 +628,7 @@ fn allowed_methods(path: &str) -> Option<&'static [&'static str]> {
         | "/api/v1/metrics/backend"
         | "/api/v1/metrics/blobcache"
         | "/api/v1/metrics/inflight"
+        | "/api/v1/accesslog"
         | "/metrics" => &["GET"],
         "/api/v1/mount" => &["POST", "PUT", "DELETE"],
         _ => return None,
@@ -708,6 +720,10 @@ fn handle(control: &dyn DaemonControl, req: &HttpRequest) -> Result<HttpResponse
         ("/api/v1/metrics/backend", _) => value(guard(|| control.metrics_backend(id))??),
         ("/api/v1/metrics/blobcache", _) => value(guard(|| control.metrics_blobcache(id))??),
         ("/api/v1/metrics/inflight", _) => value(guard(|| control.metrics_inflight())?),
+        ("/api/v1/accesslog", _) => {
+            let (filter, limit) = accesslog_query(req)?;
+            value(guard(|| control.accesslog(id, &filter, limit))??)
+        }
         ("/metrics", _) => prometheus(control),
         (path, _) => Err(ApiError::not_found(format!("no API endpoint at {path}"))),
     }
@@ -738,6 +754,57 @@ fn prometheus(control: &dyn DaemonControl) -> Result<HttpResponse, ApiError> {
     }
     let refs: Vec<(&str, &Value)> = sections.iter().map(|(n, v)| (*n, v)).collect();
     Ok(HttpResponse::text(prometheus_text(&refs)))
+}
+
+/// Most events one `/api/v1/accesslog` answer carries (and the default `limit`).
+pub const ACCESSLOG_MAX_LIMIT: usize = 10_000;
+const ACCESSLOG_DEFAULT_LIMIT: usize = 100;
+
+/// The filter and limit of a `/api/v1/accesslog` query: `pid` and `op` take comma-separated
+/// lists, `since`/`until` seconds since the log started, `path` a path prefix.
+fn accesslog_query(req: &HttpRequest) -> Result<(crate::accesslog::Filter, usize), ApiError> {
+    fn bad(key: &str, v: &str, want: &str) -> ApiError {
+        ApiError::bad_request(format!("query parameter {key}={v:?}: expected {want}"))
+    }
+    let num = |key: &str| -> Result<Option<u64>, ApiError> {
+        req.query(key)
+            .map(|v| v.parse::<u64>().map_err(|_| bad(key, v, "a non-negative integer")))
+            .transpose()
+    };
+    let secs = |key: &str| -> Result<Option<u64>, ApiError> {
+        req.query(key)
+            .map(|v| match v.parse::<f64>() {
+                Ok(s) if s.is_finite() && s >= 0.0 => Ok((s * 1e9) as u64),
+                _ => Err(bad(key, v, "seconds since the log started (a non-negative number)")),
+            })
+            .transpose()
+    };
+    let mut f = crate::accesslog::Filter::default();
+    if let Some(v) = req.query("pid") {
+        for p in v.split(',') {
+            f.pids
+                .push(p.trim().parse().map_err(|_| bad("pid", v, "process ids, comma-separated"))?);
+        }
+    }
+    if let Some(v) = req.query("op") {
+        for o in v.split(',') {
+            f.ops.push(o.trim().parse().map_err(|e: crate::accesslog::event::UnknownOp| {
+                ApiError::bad_request(format!("query parameter op={v:?}: {e}"))
+            })?);
+        }
+    }
+    f.uid = num("uid")?
+        .map(|u| u32::try_from(u).map_err(|_| bad("uid", &u.to_string(), "a 32-bit uid")))
+        .transpose()?;
+    f.process = req.query("process").map(str::to_string);
+    f.path_prefix = req.query("path").map(str::to_string);
+    f.since_ns = secs("since")?;
+    f.until_ns = secs("until")?;
+    let limit = num("limit")?.map_or(ACCESSLOG_DEFAULT_LIMIT, |l| l as usize);
+    if limit > ACCESSLOG_MAX_LIMIT {
+        return Err(bad("limit", &limit.to_string(), &format!("at most {ACCESSLOG_MAX_LIMIT}")));
+    }
+    Ok((f, limit))
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -1490,6 +1557,7 @@ mod tests {
         Backend(Option<String>),
         Blobcache(Option<String>),
         Inflight,
+        Accesslog(Option<String>, crate::accesslog::Filter, usize),
     }
 
     #[derive(Default)]
@@ -1612,6 +1680,15 @@ mod tests {
         fn metrics_inflight(&self) -> Value {
             self.record(Call::Inflight);
             json!([])
+        }
+        fn accesslog(
+            &self,
+            id: Option<&str>,
+            filter: &crate::accesslog::Filter,
+            limit: usize,
+        ) -> Result<Value, ApiError> {
+            self.record(Call::Accesslog(own(id), filter.clone(), limit));
+            Ok(json!({"events": []}))
         }
     }
 
@@ -1973,6 +2050,48 @@ mod tests {
                 Call::Inflight,
             ]
         );
+    }
+
+    #[test]
+    fn accesslog_query_parses_filters_and_rejects_bad_values() {
+        use crate::accesslog::{Filter, Op};
+        let f = fixture();
+        let q = "/api/v1/accesslog?id=i&pid=7,8&op=read,open&uid=0&process=cat&path=/usr\
+                 &since=1.5&until=2&limit=5";
+        let r = call(&f.sock, "GET", q, None);
+        assert_eq!(r.status, 200, "{}", r.error_message());
+        let r = call(&f.sock, "GET", "/api/v1/accesslog", None);
+        assert_eq!(r.status, 200);
+        let want = Filter {
+            since_ns: Some(1_500_000_000),
+            until_ns: Some(2_000_000_000),
+            pids: vec![7, 8],
+            process: Some("cat".into()),
+            uid: Some(0),
+            path_prefix: Some("/usr".into()),
+            ops: vec![Op::Read, Op::Open],
+        };
+        assert_eq!(
+            f.mock.calls(),
+            vec![
+                Call::Accesslog(Some("i".into()), want, 5),
+                Call::Accesslog(None, Filter::default(), 100),
+            ]
+        );
+        for (q, want) in [
+            ("pid=x", "query parameter pid=\"x\": expected process ids, comma-separated"),
+            ("op=reed", "query parameter op=\"reed\": unknown operation \"reed\""),
+            ("since=-1", "query parameter since=\"-1\": expected seconds since the log"),
+            ("uid=4294967296", "query parameter uid=\"4294967296\": expected a 32-bit uid"),
+            ("limit=10001", "query parameter limit=\"10001\": expected at most 10000"),
+        ] {
+            let r = call(&f.sock, "GET", &format!("/api/v1/accesslog?{q}"), None);
+            assert_eq!(r.status, 400, "{q}");
+            assert!(r.error_message().starts_with(want), "{q}: {}", r.error_message());
+        }
+        assert_eq!(f.mock.calls().len(), 2, "bad queries never reach the daemon");
+        let r = call(&f.sock, "POST", "/api/v1/accesslog", Some("{}"));
+        assert_eq!(r.status, 405);
     }
 
     #[test]

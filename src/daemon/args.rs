@@ -79,6 +79,12 @@ pub struct OverlayCmd {
     /// mount(8)-style options (lowerdir=, upperdir=, workdir=, volatile; others are ignored).
     #[arg(short = 'o')]
     pub options: Vec<String>,
+    /// Record file accesses in this access log (docs/access-log.md).
+    #[arg(long, value_name = "PATH")]
+    pub accesslog: Option<std::path::PathBuf>,
+    /// What the access log keeps: first-touch (what prefetch needs) or full (every access).
+    #[arg(long, value_name = "MODE", default_value = "first-touch", requires = "accesslog")]
+    pub accesslog_mode: crate::accesslog::Mode,
 }
 
 /// Arguments of a subcommand we do not serve: accepted so the error can say so clearly.

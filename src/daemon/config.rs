@@ -26,6 +26,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::accesslog::config::{
+    DEFAULT_FLUSH_MS, DEFAULT_MAX_MEMORY, DEFAULT_ROTATE_KEEP, DEFAULT_ROTATE_SIZE,
+};
+use crate::accesslog::{AccessLogConfig, Mode};
+
 /// Where blobs come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BackendConfig {
@@ -128,6 +133,8 @@ pub struct DaemonConfig {
     pub prefetch: PrefetchConfig,
     /// Writable overlay, if configured.
     pub overlay: Option<OverlayConfig>,
+    /// strata's access log (`accesslog` section, v1 and v2); off unless configured.
+    pub accesslog: AccessLogConfig,
     /// Which format the text was: "v1", "v2-json", "v2-toml".
     pub format: &'static str,
     /// Unknown keys and other tolerated oddities, one sentence each (logged as warnings).
@@ -291,6 +298,7 @@ impl DaemonConfig {
             rafs: default_rafs(),
             prefetch: default_prefetch(true),
             overlay: None,
+            accesslog: AccessLogConfig::default(),
             format: "v1",
             warnings: Vec::new(),
         }
@@ -1047,6 +1055,38 @@ fn parse_id(s: &Section<'_>, key: &str) -> Result<Option<String>, ConfigError> {
     Ok(s.nonempty_string(key)?.map(str::to_string))
 }
 
+/// The `accesslog` section (ours, at the top level of v1 and v2 configs):
+/// `{"path", "mode": "off|first-touch|full", "max_memory", "rotate_size", "rotate_keep",
+/// "flush_interval_ms"}`. A mode other than off needs a path.
+fn parse_accesslog(top: &Section<'_>, ctx: &mut Ctx) -> Result<AccessLogConfig, ConfigError> {
+    const KEYS: &[&str] =
+        &["path", "mode", "max_memory", "rotate_size", "rotate_keep", "flush_interval_ms"];
+    const MODES: &[&str] = &["off", "first-touch", "first_touch", "full"];
+    let Some(s) = top.sub("accesslog", KEYS, ctx)? else {
+        return Ok(AccessLogConfig::default());
+    };
+    let mode = match s.choice("mode", MODES)? {
+        None => Mode::FirstTouch,
+        Some(m) => m.parse::<Mode>().map_err(|why| s.invalid("mode", &Value::from(m), why))?,
+    };
+    let path = PathBuf::from(s.string("path")?.unwrap_or(""));
+    if mode != Mode::Off && path.as_os_str().is_empty() {
+        return Err(ConfigError::Missing {
+            field: s.field("path"),
+            why: format!("access log mode {mode} needs the log file's path"),
+        });
+    }
+    let rotate_keep = s.uint("rotate_keep", u64::from(DEFAULT_ROTATE_KEEP), 1 << 16)?;
+    Ok(AccessLogConfig {
+        path,
+        mode,
+        max_memory: s.uint("max_memory", DEFAULT_MAX_MEMORY, 1 << 40)?,
+        rotate_size: s.uint("rotate_size", DEFAULT_ROTATE_SIZE, u64::MAX)?,
+        rotate_keep: rotate_keep as u32,
+        flush_interval_ms: s.uint("flush_interval_ms", DEFAULT_FLUSH_MS, 3_600_000)?,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // v1
 // ---------------------------------------------------------------------------------------------
@@ -1066,9 +1106,11 @@ fn parse_v1(root: &Value, mut ctx: Ctx) -> Result<DaemonConfig, ConfigError> {
             "access_pattern",
             "latest_read_files",
             "amplify_io",
+            "accesslog",
         ],
         ctx,
     )?;
+    let accesslog = parse_accesslog(&top, ctx)?;
     let device = top.required_sub(
         "device",
         &["backend", "cache", "id", "external_backends"],
@@ -1162,6 +1204,7 @@ fn parse_v1(root: &Value, mut ctx: Ctx) -> Result<DaemonConfig, ConfigError> {
         rafs,
         prefetch,
         overlay: None,
+        accesslog,
         format: "v1",
         warnings: std::mem::take(&mut ctx.warnings),
     })
@@ -1188,10 +1231,11 @@ fn parse_v2(root: &Value, format: &'static str, mut ctx: Ctx) -> Result<DaemonCo
     let top = Section::new(
         String::new(),
         root,
-        &["version", "id", "backend", "external_backends", "cache", "rafs", "overlay"],
+        &["version", "id", "backend", "external_backends", "cache", "rafs", "overlay", "accesslog"],
         ctx,
     )?;
     let id = parse_id(&top, "id")?;
+    let accesslog = parse_accesslog(&top, ctx)?;
     check_external_backends(&top, ctx)?;
     let backend = parse_v2_backend(&top, ctx)?;
 
@@ -1265,6 +1309,7 @@ fn parse_v2(root: &Value, format: &'static str, mut ctx: Ctx) -> Result<DaemonCo
         rafs,
         prefetch,
         overlay,
+        accesslog,
         format,
         warnings: std::mem::take(&mut ctx.warnings),
     })
@@ -1401,6 +1446,7 @@ mod tests {
             rafs: default_rafs(),
             prefetch: default_prefetch(format == "v1"),
             overlay: None,
+            accesslog: AccessLogConfig::default(),
             format,
             warnings: Vec::new(),
         }
@@ -1879,6 +1925,42 @@ mod tests {
             ),
         ];
         check_table(&cases);
+    }
+
+    #[test]
+    fn accesslog_section_in_v1_and_v2() {
+        const V2: &str = r#"{"version": 2, "backend": {"type": "localfs", "localfs": {"dir": "/b"}},
+            "accesslog": {"path": "/l/a.log", "mode": "full", "max_memory": 4096,
+                          "rotate_size": 0, "flush_interval_ms": 50}}"#;
+        let c = parse(V2).unwrap();
+        assert_eq!(c.accesslog.path, PathBuf::from("/l/a.log"));
+        assert_eq!(c.accesslog.mode, Mode::Full);
+        assert_eq!(c.accesslog.max_memory, 4096);
+        assert_eq!(c.accesslog.rotate_size, 0);
+        assert_eq!(c.accesslog.rotate_keep, DEFAULT_ROTATE_KEEP);
+        assert_eq!(c.accesslog.flush_interval_ms, 50);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // A section without a mode records first touches; no section records nothing.
+        let v1 = r#"{"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}},
+            "accesslog": {"path": "/l/a.log"}}"#;
+        let c = parse(v1).unwrap();
+        assert_eq!((c.accesslog.mode, c.accesslog.enabled()), (Mode::FirstTouch, true));
+        let c = parse(r#"{"version": 2, "backend": {"type": "localfs", "localfs": "/b"}}"#);
+        assert!(!c.unwrap().accesslog.enabled());
+        check_errors(&[
+            (
+                "accesslog without a path",
+                r#"{"version": 2, "backend": {"type": "localfs", "localfs": "/b"},
+                    "accesslog": {"mode": "full"}}"#,
+                "accesslog.path is missing: access log mode full needs the log file's path",
+            ),
+            (
+                "accesslog bad mode",
+                r#"{"version": 2, "backend": {"type": "localfs", "localfs": "/b"},
+                    "accesslog": {"path": "/a", "mode": "sometimes"}}"#,
+                r#"accesslog.mode: "sometimes" is not one of off, first-touch, first_touch, full"#,
+            ),
+        ]);
     }
 
     #[test]

@@ -11,5 +11,6 @@ pub mod config;
 pub mod log;
 pub mod metrics;
 pub mod rafsfs;
+pub mod recorded;
 pub mod run;
 pub mod service;

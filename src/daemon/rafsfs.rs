@@ -7,6 +7,11 @@
 //! negative lookups are cached by the kernel for 2^32 s and file/dir pages are kept
 //! (KEEP_CACHE, CACHE_DIR).
 //!
+//! Every request the access log covers (lookup, getattr, readlink, open, read, readdir,
+//! xattrs) is handed to the instance's [`AccessSink`] with the caller's pid and uid; reads
+//! carry their range, chunk span and whether the chunks were cached. With the log off that is
+//! one compare per request.
+//!
 //! Errors: a name that does not exist is a cached negative entry; everything that goes wrong
 //! reading the image or a chunk (corruption, a missing blob, a digest mismatch) is EIO for the
 //! caller and an error event for the daemon. `to_errno` is the one place this mapping lives.
@@ -25,6 +30,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::api::BackendFileSystem;
 
 use super::metrics::{Events, Fop, FsMetrics};
+use crate::accesslog::{AccessSink, Cache, Event, Op, PathResolver};
 use crate::rafs::chunk::{ChunkReader, ChunkRef};
 use crate::rafs::reader::{Image, Inode, ReadError};
 
@@ -94,6 +100,7 @@ pub struct RafsFs {
     readahead: Option<ReadAhead>,
     metrics: Arc<FsMetrics>,
     events: Arc<Events>,
+    access: Arc<AccessSink>,
     xattr: bool,
     /// uid/gid to report when the image does not carry explicit owners.
     owner: Option<(u32, u32)>,
@@ -101,12 +108,14 @@ pub struct RafsFs {
 
 impl RafsFs {
     /// Serve `image`, reading chunk data through `chunks`. `amplify_io` bytes after each read
-    /// are fetched in the background (nydusd's read amplification; 0 disables it).
+    /// are fetched in the background (nydusd's read amplification; 0 disables it). Accesses
+    /// go to `access` ([`AccessSink::off`] records nothing).
     pub fn new(
         image: Arc<Image>,
         chunks: Arc<dyn ChunkReader>,
         metrics: Arc<FsMetrics>,
         events: Arc<Events>,
+        access: Arc<AccessSink>,
         xattr: bool,
         amplify_io: u64,
     ) -> Self {
@@ -114,7 +123,38 @@ impl RafsFs {
         let cs = u64::from(image.chunk_size);
         let ahead = if cs == 0 { 0 } else { amplify_io.div_ceil(cs) };
         let readahead = ReadAhead::start(chunks.clone(), ahead, events.clone());
-        Self { image, chunks, readahead, metrics, events, xattr, owner }
+        Self { image, chunks, readahead, metrics, events, access, xattr, owner }
+    }
+
+    /// Hand an access of the request `ctx` to the access log.
+    #[inline]
+    fn log<'a>(&self, ctx: &Context, op: Op, inode: u64, add: impl FnOnce(Event<'a>) -> Event<'a>) {
+        if self.access.enabled() {
+            self.access.record(add(Event::new(op, inode, ctx.pid as u32, ctx.uid)));
+        }
+    }
+
+    /// The cache state of the chunks holding `[offset, offset+len)` of `inode`, and their
+    /// indexes. Only called when the access log is on.
+    fn cache_state(&self, inode: &Inode, offset: u64, len: u64) -> Option<(u32, u32, Cache)> {
+        let cs = u64::from(self.image.chunk_size);
+        if cs == 0 || len == 0 || offset >= inode.disk.size {
+            return None;
+        }
+        let end = (offset + len).min(inode.disk.size);
+        let (first, last) = (offset / cs, (end - 1) / cs);
+        let list = self.image.chunk_range(inode, first, last - first + 1).ok()?;
+        let (mut hit, mut all) = (0usize, 0usize);
+        for c in list.iter().flatten() {
+            all += 1;
+            hit += usize::from(self.chunks.is_cached(c));
+        }
+        let cache = match hit {
+            _ if hit == all => Cache::Hit,
+            0 => Cache::Miss,
+            _ => Cache::Partial,
+        };
+        Some((first as u32, last as u32, cache))
     }
 
     /// Queue the chunks after the one holding byte `end - 1` of `inode`.
@@ -226,7 +266,7 @@ impl FileSystem for RafsFs {
                 | FsOptions::ZERO_MESSAGE_OPENDIR))
     }
 
-    fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         let op = self.metrics.begin(Fop::Lookup, parent);
         let r = (|| {
             let dir = self.inode(parent)?;
@@ -248,6 +288,8 @@ impl FileSystem for RafsFs {
             }
         })();
         op.done(r.is_ok(), 0);
+        let found = r.as_ref().map_or(0, |e| e.inode);
+        self.log(ctx, Op::Lookup, parent, |e| e.with_name(name.to_bytes()).with_aux(found));
         r
     }
 
@@ -257,17 +299,18 @@ impl FileSystem for RafsFs {
 
     fn getattr(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         _h: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
         let op = self.metrics.begin(Fop::Getattr, inode);
         let r = self.inode(inode).map(|i| (self.stat(&i), CACHE_TIMEOUT));
         op.done(r.is_ok(), 0);
+        self.log(ctx, Op::Getattr, inode, |e| e);
         r
     }
 
-    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+    fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
         let op = self.metrics.begin(Fop::Readlink, inode);
         let r = self.inode(inode).and_then(|i| {
             if i.file_type() != libc::S_IFLNK {
@@ -276,12 +319,13 @@ impl FileSystem for RafsFs {
             self.image.readlink(&i).map_err(|e| self.fail(format!("readlink {inode}"), &e))
         });
         op.done(r.is_ok(), 0);
+        self.log(ctx, Op::Readlink, inode, |e| e);
         r
     }
 
     fn open(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         _flags: u32,
         _fuse_flags: u32,
@@ -289,12 +333,13 @@ impl FileSystem for RafsFs {
         let op = self.metrics.begin(Fop::Open, inode);
         let r = self.inode(inode).map(|_| (None, OpenOptions::KEEP_CACHE, None));
         op.done(r.is_ok(), 0);
+        self.log(ctx, Op::Open, inode, |e| e);
         r
     }
 
     fn read(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         _handle: u64,
         w: &mut dyn ZeroCopyWriter,
@@ -308,12 +353,29 @@ impl FileSystem for RafsFs {
             if !i.is_reg() {
                 return Err(io::Error::from_raw_os_error(libc::EISDIR));
             }
+            let logged = self
+                .access
+                .enabled()
+                .then(|| self.cache_state(&i, offset, u64::from(size)))
+                .flatten();
             let data = self
                 .image
                 .read(&i, offset, u64::from(size), self.chunks.as_ref())
                 .map_err(|e| self.fail(format!("read inode {inode} at {offset}+{size}"), &e))?;
             self.read_ahead(&i, offset + data.len() as u64);
             w.write_all(&data)?;
+            if let Some((first, last, cache)) = logged {
+                self.log(ctx, Op::Read, inode, |e| {
+                    let e = e.with_range(offset, data.len() as u64).with_cache(cache);
+                    if data.is_empty() {
+                        e
+                    } else {
+                        e.with_chunks(first, last)
+                    }
+                });
+            } else {
+                self.log(ctx, Op::Read, inode, |e| e.with_range(offset, data.len() as u64));
+            }
             Ok(data.len())
         });
         op.done(r.is_ok(), *r.as_ref().unwrap_or(&0));
@@ -348,7 +410,7 @@ impl FileSystem for RafsFs {
 
     fn getxattr(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         name: &CStr,
         size: u32,
@@ -367,6 +429,7 @@ impl FileSystem for RafsFs {
                 _ => Ok(GetxattrReply::Value(v)),
             }
         })();
+        self.log(ctx, Op::Getxattr, inode, |e| e.with_name(name.to_bytes()));
         // ENODATA is an answer, not a failure.
         op.done(
             r.as_ref().is_ok()
@@ -376,8 +439,9 @@ impl FileSystem for RafsFs {
         r
     }
 
-    fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         let op = self.metrics.begin(Fop::Listxattr, inode);
+        self.log(ctx, Op::Listxattr, inode, |e| e);
         let r = (|| {
             let xattrs = self.xattrs_of(inode)?;
             let mut names = Vec::new();
@@ -397,11 +461,12 @@ impl FileSystem for RafsFs {
 
     fn opendir(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         let op = self.metrics.begin(Fop::Opendir, inode);
+        self.log(ctx, Op::Opendir, inode, |e| e);
         let r = self.inode(inode).and_then(|i| {
             if !i.is_dir() {
                 return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
@@ -414,7 +479,7 @@ impl FileSystem for RafsFs {
 
     fn readdir(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         _handle: u64,
         _size: u32,
@@ -422,6 +487,7 @@ impl FileSystem for RafsFs {
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let op = self.metrics.begin(Fop::Readdir, inode);
+        self.log(ctx, Op::Readdir, inode, |e| e);
         let r = self.each_dirent(inode, offset, |e, next| {
             let n = add_entry(DirEntry {
                 ino: e.nid,
@@ -437,7 +503,7 @@ impl FileSystem for RafsFs {
 
     fn readdirplus(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         _handle: u64,
         _size: u32,
@@ -445,6 +511,7 @@ impl FileSystem for RafsFs {
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let op = self.metrics.begin(Fop::Readdirplus, inode);
+        self.log(ctx, Op::Readdir, inode, |e| e);
         let r = self.each_dirent(inode, offset, |e, next| {
             let child = self.inode(e.nid)?;
             let n = add_entry(
@@ -466,9 +533,41 @@ impl FileSystem for RafsFs {
         Ok(())
     }
 
-    fn access(&self, _ctx: &Context, inode: u64, _mask: u32) -> io::Result<()> {
+    fn access(&self, ctx: &Context, inode: u64, _mask: u32) -> io::Result<()> {
+        self.log(ctx, Op::Access, inode, |e| e);
         // Permission checks happen in the kernel (default_permissions); existence is all.
         self.inode(inode).map(|_| ())
+    }
+}
+
+/// Paths of an image's inodes for the access log. The first question walks the image once
+/// and keeps nid → path (first name of a hard-linked file); it runs on the log's writer thread,
+/// and only for inodes the log did not see named by a lookup (e.g. entries the kernel got from
+/// readdirplus).
+pub struct ImagePaths {
+    image: Arc<Image>,
+    paths: std::sync::OnceLock<std::collections::HashMap<u64, Vec<u8>>>,
+}
+
+impl ImagePaths {
+    /// Paths of `image`.
+    pub fn new(image: Arc<Image>) -> Self {
+        Self { image, paths: std::sync::OnceLock::new() }
+    }
+}
+
+impl PathResolver for ImagePaths {
+    fn path(&self, _layer: u32, nid: u64) -> Option<Vec<u8>> {
+        let paths = self.paths.get_or_init(|| {
+            let mut m = std::collections::HashMap::new();
+            // A damaged image yields what was walked before the damage.
+            let _ = self.image.walk::<ReadError>(|path, inode| {
+                m.entry(inode.nid).or_insert_with(|| path.to_vec());
+                Ok(true)
+            });
+            m
+        });
+        paths.get(&nid).cloned()
     }
 }
 

@@ -14,7 +14,9 @@ use nix::sys::signal::{SigSet, Signal};
 
 use super::args::{Cli, Cmd, FuseArgs, GlobalArgs, OverlayCmd};
 use super::config::{self, DaemonConfig};
+use super::recorded::Recorded;
 use super::service::{Daemon, State};
+use crate::accesslog::{AccessLogConfig, AccessSink, SinkOptions};
 use crate::overlay::layer::RafsLayer;
 use crate::overlay::{OverlayFs, OverlayOptions};
 use fuse_backend_rs::api::filesystem::FileSystem;
@@ -131,9 +133,10 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
             sync_copyup: true,
             timeout: crate::overlay::DEFAULT_TIMEOUT,
         })?;
+        let accesslog = config.as_ref().map(|c| c.accesslog.clone()).unwrap_or_default();
         Serving::mount(
             &mountpoint,
-            Arc::new(fs),
+            recorded_overlay(fs, &accesslog, &daemon)?,
             f.fuse_threads,
             Kind::Writable("strata"),
             on_exit,
@@ -287,6 +290,26 @@ fn serve(
 }
 
 /// Serve a writable overlay of plain directories and RAFS bootstraps (`stratad overlay`).
+/// The overlay, its requests recorded in an access log when `cfg` enables one (paths come
+/// from the overlay's node table). The daemon's API answers `/api/v1/accesslog` from it.
+fn recorded_overlay(
+    fs: OverlayFs,
+    cfg: &AccessLogConfig,
+    daemon: &Daemon,
+) -> Result<Arc<Recorded<Arc<OverlayFs>>>> {
+    let fs = Arc::new(fs);
+    let sink = if cfg.enabled() {
+        let weak = Arc::downgrade(&fs);
+        let paths = move |_layer: u32, id: u64| weak.upgrade()?.path_of(id);
+        let opts = SinkOptions::new(cfg.clone()).paths(Arc::new(paths));
+        Arc::new(AccessSink::start(opts).context("access log")?)
+    } else {
+        Arc::new(AccessSink::off())
+    };
+    daemon.set_overlay_access(sink.clone());
+    Ok(Arc::new(Recorded::new(fs, sink)))
+}
+
 fn run_overlay(o: OverlayCmd, sigs: SigSet) -> Result<()> {
     setup_logging(&o.global)?;
     check_global(&o.global)?;
@@ -349,9 +372,17 @@ fn run_overlay(o: OverlayCmd, sigs: SigSet) -> Result<()> {
             let _ = tx.send(Stop::Unmounted);
         }
     };
+    let accesslog = match &o.accesslog {
+        Some(path) => AccessLogConfig {
+            path: path.clone(),
+            mode: o.accesslog_mode,
+            ..AccessLogConfig::default()
+        },
+        None => AccessLogConfig::default(),
+    };
     let serving = Serving::mount(
         &mountpoint,
-        Arc::new(fs),
+        recorded_overlay(fs, &accesslog, &daemon)?,
         o.fuse_threads,
         Kind::Writable(&o.fsname),
         on_exit,

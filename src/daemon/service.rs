@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use super::api::{ApiError, DaemonControl, MountRequest};
 use super::config::{BackendConfig, CacheKind, DaemonConfig};
 use super::metrics::{Events, FsMetrics, Recorders};
-use super::rafsfs::RafsFs;
+use super::rafsfs::{ImagePaths, RafsFs};
+use crate::accesslog::{AccessSink, Filter, SinkOptions};
 use crate::rafs::chunk::ChunkReader;
 use crate::rafs::reader::Image;
 use crate::storage::backend::{BlobBackend, LocalFs};
@@ -63,6 +64,9 @@ pub enum ServiceError {
     /// Storage setup failed.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    /// The access log could not start.
+    #[error("access log: {0}")]
+    AccessLog(#[from] crate::accesslog::Error),
     /// Vfs mount failed.
     #[error("mount {path}: {detail}")]
     Vfs {
@@ -87,6 +91,9 @@ pub struct Instance {
     pub cache: Option<Arc<ChunkCache>>,
     /// io statistics.
     pub metrics: Arc<FsMetrics>,
+    /// The access log (off unless the config has an `accesslog` section; a writable mount's
+    /// log is the overlay's, made by the caller).
+    pub access: Arc<AccessSink>,
 }
 
 impl Instance {
@@ -147,16 +154,32 @@ impl Instance {
             latest: config.rafs.latest_read_files,
         };
         let metrics = Arc::new(FsMetrics::new(id, recorders));
+        let access = if config.accesslog.enabled() && config.overlay.is_none() {
+            let opts = SinkOptions::new(config.accesslog.clone())
+                .paths(Arc::new(ImagePaths::new(image.clone())));
+            Arc::new(AccessSink::start(opts)?)
+        } else {
+            Arc::new(AccessSink::off())
+        };
         let fs = RafsFs::new(
             image.clone(),
             reader,
             metrics.clone(),
             events,
+            access.clone(),
             config.rafs.enable_xattr,
             config.rafs.amplify_io,
         );
         Ok((
-            Self { bootstrap: bootstrap.to_path_buf(), image, config, backend, cache, metrics },
+            Self {
+                bootstrap: bootstrap.to_path_buf(),
+                image,
+                config,
+                backend,
+                cache,
+                metrics,
+                access,
+            },
             fs,
         ))
     }
@@ -172,6 +195,8 @@ pub struct Daemon {
     events: Arc<Events>,
     default_config: Option<DaemonConfig>,
     exit: Mutex<Option<Sender<()>>>,
+    /// The writable overlay's access log, when the daemon serves one (not a Vfs instance).
+    overlay_access: Mutex<Option<Arc<AccessSink>>>,
 }
 
 impl Daemon {
@@ -194,6 +219,7 @@ impl Daemon {
             events: Arc::new(Events::default()),
             default_config,
             exit: Mutex::new(Some(exit)),
+            overlay_access: Mutex::new(None),
         }
     }
 
@@ -205,6 +231,27 @@ impl Daemon {
     /// Error events.
     pub fn events_ref(&self) -> &Arc<Events> {
         &self.events
+    }
+
+    /// The access log of the writable overlay this daemon serves, for the API.
+    pub fn set_overlay_access(&self, sink: Arc<AccessSink>) {
+        *self.overlay_access.lock() = Some(sink);
+    }
+
+    /// Write out every access log's buffered events (on unmount and exit).
+    pub fn flush_access_logs(&self) {
+        let sinks: Vec<Arc<AccessSink>> = self
+            .instances
+            .lock()
+            .values()
+            .map(|i| i.access.clone())
+            .chain(self.overlay_access.lock().clone())
+            .collect();
+        for s in sinks.iter().filter(|s| s.enabled()) {
+            if let Err(e) = s.flush() {
+                crate::log_warn!("access log: {e}");
+            }
+        }
     }
 
     /// Set the state.
@@ -255,12 +302,18 @@ impl Daemon {
                     crate::log_warn!("flushing the cache of {at}: {e}");
                 }
             }
+            if inst.access.enabled() {
+                if let Err(e) = inst.access.flush() {
+                    crate::log_warn!("flushing the access log of {at}: {e}");
+                }
+            }
         }
         Ok(())
     }
 
-    /// Flush every cache (clean shutdown).
+    /// Flush every cache and access log (clean shutdown).
     pub fn flush_all(&self) {
+        self.flush_access_logs();
         for (at, inst) in self.instances.lock().iter() {
             if let Some(c) = &inst.cache {
                 if let Err(e) = c.flush() {
@@ -393,6 +446,33 @@ impl DaemonControl for Daemon {
     fn metrics_pattern(&self, id: Option<&str>) -> Result<Value, ApiError> {
         self.with_instance(id, |i| i.metrics.pattern())?
             .ok_or_else(|| ApiError::bad_request("access_pattern is not enabled in the config"))
+    }
+
+    fn accesslog(
+        &self,
+        id: Option<&str>,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Value, ApiError> {
+        let overlay = self.overlay_access.lock().clone();
+        let sink = match overlay {
+            Some(s) if id.is_none() || id == Some("/") => s,
+            _ => self.with_instance(id, |i| i.access.clone())?,
+        };
+        if !sink.enabled() {
+            return Err(ApiError::bad_request(
+                "the access log is not enabled (the config has no accesslog section with a path)",
+            ));
+        }
+        // Events still in per-thread buffers are included; a failing log file (a full disk)
+        // still answers from memory, and says so in last_error.
+        let _ = sink.flush();
+        Ok(json!({
+            "mode": sink.mode().name(),
+            "stats": sink.stats(),
+            "last_error": sink.last_error(),
+            "events": sink.recent(filter, limit),
+        }))
     }
 
     fn metrics_backend(&self, id: Option<&str>) -> Result<Value, ApiError> {

@@ -381,6 +381,32 @@ impl OverlayFs {
     fn handle(&self, h: u64) -> io::Result<Arc<Open>> {
         self.handles.read().get(&h).cloned().ok_or_else(|| errno(libc::EBADF))
     }
+
+    /// The path of node `id` in the merged tree (`/` for the root), by the names the node table
+    /// knows; None for a forgotten node. For the access log's writer thread.
+    pub fn path_of(&self, id: u64) -> Option<Vec<u8>> {
+        let table = self.table.lock();
+        let mut names = Vec::new();
+        let mut cur = id;
+        while cur != inode::ROOT {
+            let v = table.view(cur)?;
+            names.push(v.name);
+            cur = v.parent;
+            if names.len() > 4096 {
+                return None;
+            }
+        }
+        drop(table);
+        if names.is_empty() {
+            return Some(b"/".to_vec());
+        }
+        let mut path = Vec::new();
+        for n in names.iter().rev() {
+            path.push(b'/');
+            path.extend_from_slice(n);
+        }
+        Some(path)
+    }
 }
 
 /// `dir/name` with `dir` possibly empty (the root).

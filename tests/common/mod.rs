@@ -10,6 +10,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod daemon;
+
 use sha2::Digest;
 use strata::rafs::chunk::ChunkReader;
 use strata::rafs::reader::Image;
