@@ -11,6 +11,26 @@ fn demo_runs_and_reads_everything_back() {
     assert_eq!(v["deduplicated"], 1, "a.txt and b.txt share their chunk");
     if common::require_root("demo_runs_and_reads_everything_back (FUSE step)", "FUSE mount") {
         assert_eq!(v["fuse_files_read"], 7, "read through the kernel: {v}");
+        // The access log kept the files in the order the demo read them (empty files have no
+        // read), each with the ranges of its first touch per chunk.
+        let order: Vec<&str> = v["first_touch"]
+            .as_array()
+            .expect("first_touch list")
+            .iter()
+            .map(|x| x.as_str().unwrap().split(' ').next().unwrap())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "/etc/hostname",
+                "/etc/motd",
+                "/usr/bin/hello",
+                "/usr/lib/libbig.so",
+                "/usr/share/doc/a.txt",
+                "/usr/share/doc/b.txt"
+            ],
+            "{v}"
+        );
     } else {
         assert!(v["fuse_files_read"].is_null());
     }

@@ -183,10 +183,20 @@ fn demo_in(work: &Path, json: bool) -> Result<()> {
     // 5. Serve the image with stratad's FUSE server and read it through the kernel.
     let kernel = serve_and_read(work, &boot, &blobs)?;
     match &kernel {
-        Some((mnt, n, bytes)) => say(format!(
-            "5. stratad: mounted at {}, read {n} files ({bytes} bytes) through the kernel; identical to the source; unmounted",
-            mnt.display()
-        )),
+        Some(k) => {
+            say(format!(
+                "5. stratad: mounted at {}, read {} files ({} bytes) through the kernel; identical to the source; unmounted",
+                k.mnt.display(), k.files, k.bytes
+            ));
+            say(format!(
+                "   access log {} (first-touch, {} events); files in the order they were first read:",
+                k.log.display(),
+                k.events
+            ));
+            for t in &k.touched {
+                say(format!("   {t}"));
+            }
+        }
         None => say("5. stratad: skipped (mounting FUSE needs root and /dev/fuse; run as root to see the kernel read the image)".into()),
     }
 
@@ -209,7 +219,8 @@ fn demo_in(work: &Path, json: bool) -> Result<()> {
                 "blob_id": blob.blob_id, "chunks": blob.chunk_count, "deduplicated": out.stats.chunks_deduplicated,
                 "verified_chunks": r.chunks_verified, "files_read": files, "bytes_read": bytes,
                 "backend_reads": after.read_count - before.read_count, "cache": cache.metrics().hits,
-                "fuse_files_read": kernel.as_ref().map(|k| k.1),
+                "fuse_files_read": kernel.as_ref().map(|k| k.files),
+                "first_touch": kernel.as_ref().map(|k| k.touched.clone()),
             }))?
         );
     }
@@ -293,13 +304,10 @@ fn write_overlay(work: &Path, boot: &Path, blobs: &Path) -> Result<Option<Vec<St
     Ok(Some(lines))
 }
 
-/// Mount the image with stratad's FUSE server under `work/mnt`, read every sample file through
-/// the kernel and compare, unmount. `None` when not root or without /dev/fuse.
-fn serve_and_read(
-    work: &Path,
-    boot: &Path,
-    blobs: &Path,
-) -> Result<Option<(PathBuf, usize, usize)>> {
+/// Mount the image with stratad's FUSE server under `work/mnt` with a first-touch access log,
+/// read every sample file through the kernel and compare, unmount, and read the log back.
+/// `None` when not root or without /dev/fuse.
+fn serve_and_read(work: &Path, boot: &Path, blobs: &Path) -> Result<Option<Served>> {
     if !nix::unistd::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
         return Ok(None);
     }
@@ -310,6 +318,12 @@ fn serve_and_read(
     let daemon = crate::daemon::service::Daemon::new("demo".into(), None, None, tx);
     let mut cfg = crate::daemon::config::DaemonConfig::localfs(blobs.to_path_buf());
     cfg.cache.work_dir = work.join("fuse-cache");
+    let log = work.join("access.log");
+    cfg.accesslog = crate::accesslog::AccessLogConfig {
+        path: log.clone(),
+        mode: crate::accesslog::Mode::FirstTouch,
+        ..Default::default()
+    };
     daemon.mount_instance("/", boot, cfg)?;
     let serving = crate::daemon::run::Serving::mount(
         &mnt,
@@ -343,6 +357,28 @@ fn serve_and_read(
         Ok((files.len(), bytes))
     })();
     serving.stop();
+    daemon.flush_all();
     let (n, bytes) = result?;
-    Ok(Some((mnt, n, bytes)))
+    let replay = crate::accesslog::replay_path(&log, true)?;
+    let order = crate::accesslog::report::read_order(&replay.events);
+    let touched = order
+        .into_iter()
+        .map(|(path, ranges)| {
+            let spans: Vec<String> = ranges.iter().map(|[o, l]| format!("{o}+{l}")).collect();
+            format!("{path} [{}]", spans.join(", "))
+        })
+        .collect();
+    Ok(Some(Served { mnt, files: n, bytes, events: replay.events.len(), log, touched }))
+}
+
+/// What step 5 saw.
+struct Served {
+    mnt: PathBuf,
+    files: usize,
+    bytes: usize,
+    /// Events in the access log.
+    events: usize,
+    log: PathBuf,
+    /// Files in first-read order, with the byte ranges read.
+    touched: Vec<String>,
 }
