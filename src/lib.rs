@@ -7,6 +7,7 @@ pub mod accesslog;
 pub mod cli;
 pub mod daemon;
 pub mod overlay;
+pub mod prefetch;
 pub mod rafs;
 pub mod storage;
 pub mod sys;

@@ -1,10 +1,11 @@
 //! The `strata` command line: argument parsing and the commands' glue. Owns nothing of the
-//! formats; every command calls into [`crate::rafs`], [`crate::storage`] and
-//! [`crate::accesslog`].
+//! formats; every command calls into [`crate::rafs`], [`crate::storage`],
+//! [`crate::accesslog`] and [`crate::prefetch`].
 
 pub mod accesslog;
 pub mod demo;
 pub mod image;
+pub mod prefetch;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,9 @@ pub enum Cmd {
     /// Read access logs: show events, stats, exports (JSON, CSV, prefetch lists).
     #[command(subcommand)]
     Accesslog(accesslog::AccesslogCmd),
+    /// Plan prefetches from access logs, prefetch lists or nydus optimize JSON.
+    #[command(subcommand)]
+    Prefetch(prefetch::PrefetchCmd),
 }
 
 /// Parse the arguments and run. Invoked as `nydus-image`, the arguments are those of
@@ -53,5 +57,6 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
         Cmd::Image(c) => image::run(c),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Accesslog(c) => accesslog::run(c),
+        Cmd::Prefetch(c) => prefetch::run(c),
     }
 }

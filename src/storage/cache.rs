@@ -715,6 +715,23 @@ impl Drop for ChunkCache {
     }
 }
 
+/// The readiness bits a cache in `work_dir` keeps for `blob` (bit `i` of byte `i / 8` set:
+/// chunk `i` is ready), read without opening the cache or changing any file. `None` when the
+/// cache holds nothing trusted for the blob: no chunk map, a map that does not match the blob,
+/// or a data file of the wrong size (the rules [`ChunkCache::open`] applies). For planners
+/// that skip cached chunks; a running cache's [`ChunkCache::is_ready`] is the live answer.
+pub fn read_ready_bits(work_dir: &Path, blob: &BlobEntry) -> Result<Option<Vec<u8>>, StorageError> {
+    let info = BlobInfo::from_entry(blob)?;
+    let data_path = work_dir.join(format!("{}.blob.data", info.blob_id));
+    let map_path = work_dir.join(format!("{}.blob.data.chunk_map", info.blob_id));
+    match std::fs::metadata(&data_path) {
+        Ok(m) if m.len() == info.uncompressed_size => load_chunk_map(&map_path, info.chunk_count),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(cache_io("stat", &data_path)(e)),
+    }
+}
+
 fn cache_io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StorageError + 'a {
     move |source| StorageError::CacheIo { op, path: path.to_path_buf(), source }
 }
@@ -1007,6 +1024,24 @@ mod tests {
             fx.read_all(&direct);
             assert_eq!(reads(&direct_backend), 2 * n, "DirectReader never caches");
         }
+    }
+
+    #[test]
+    fn ready_bits_are_read_without_opening_the_cache() {
+        let fx = Fixture::new(Compressor::Zstd, Digester::Blake3);
+        assert_eq!(read_ready_bits(&fx.work_dir, &fx.entry).unwrap(), None, "no cache yet");
+        {
+            let cache = fx.cache(fx.backend(), false);
+            cache.read_chunk(&fx.chunks[1]).unwrap();
+            cache.flush().unwrap();
+        }
+        let bits = read_ready_bits(&fx.work_dir, &fx.entry).unwrap().expect("a chunk map");
+        assert_eq!(bits[0], 0b10, "only chunk 1 is ready");
+        // A data file of the wrong size is not trusted, as ChunkCache::open would not.
+        let f = OpenOptions::new().write(true).open(fx.data_path()).unwrap();
+        f.set_len(fx.entry.uncompressed_size + 1).unwrap();
+        assert_eq!(read_ready_bits(&fx.work_dir, &fx.entry).unwrap(), None);
+        assert!(fx.map_path().exists(), "reading changed nothing");
     }
 
     #[test]

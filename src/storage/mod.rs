@@ -25,8 +25,8 @@ use crate::rafs::layout::FormatError;
 
 pub use backend::{validate_blob_id, BackendMetrics, BackendMetricsSnapshot, BlobBackend, LocalFs};
 pub use cache::{
-    CacheMetrics, ChunkCache, DirectReader, AUTO_FLUSH_EVERY, CHUNK_MAP_HEADER_SIZE,
-    CHUNK_MAP_MAGIC, CHUNK_MAP_VERSION,
+    read_ready_bits, CacheMetrics, ChunkCache, DirectReader, AUTO_FLUSH_EVERY,
+    CHUNK_MAP_HEADER_SIZE, CHUNK_MAP_MAGIC, CHUNK_MAP_VERSION,
 };
 
 /// Errors of the storage layer.
