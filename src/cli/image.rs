@@ -34,6 +34,10 @@ pub enum ImageCmd {
     Unpack(UnpackArgs),
     /// Flatten bootstrap + blobs into one kernel-mountable EROFS image.
     Export(ExportArgs),
+    /// Re-lay an image out so the chunks a recorded workload read come first, in first-touch
+    /// order, and set its prefetch table (from an access log, a prefetch list or nydus's
+    /// optimize JSON).
+    Optimize(super::optimize::OptimizeArgs),
 }
 
 /// Source types, as nydus-image names them.
@@ -272,6 +276,7 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
         ImageCmd::Check(a) => check_cmd(a),
         ImageCmd::Unpack(a) => unpack_cmd(a),
         ImageCmd::Export(a) => export_cmd(a),
+        ImageCmd::Optimize(a) => super::optimize::run(a),
     }
 }
 

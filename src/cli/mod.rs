@@ -5,6 +5,7 @@
 pub mod accesslog;
 pub mod demo;
 pub mod image;
+pub mod optimize;
 pub mod prefetch;
 
 use clap::{Parser, Subcommand};

@@ -3,7 +3,7 @@
 //! printing.
 
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -86,24 +86,35 @@ pub fn run(cmd: PrefetchCmd) -> Result<()> {
 
 /// The touches the flags name, in the order log, list, optimize JSON.
 fn touches(a: &PlanArgs) -> Result<Vec<Touch>> {
-    if a.log.is_none() && a.list.is_none() && a.optimize_json.is_none() {
+    read_touches(a.log.as_deref(), !a.no_rotated, a.list.as_deref(), a.optimize_json.as_deref())
+}
+
+/// The touches of an access log (with its rotated files when `rotated`), a prefetch list and
+/// an optimize JSON, in that order; at least one must be given.
+pub(crate) fn read_touches(
+    log: Option<&Path>,
+    rotated: bool,
+    list: Option<&Path>,
+    optimize_json: Option<&Path>,
+) -> Result<Vec<Touch>> {
+    if log.is_none() && list.is_none() && optimize_json.is_none() {
         bail!("nothing to plan from: give --log, --list or --optimize-json");
     }
     let mut out = Vec::new();
-    if let Some(log) = &a.log {
-        let replay = replay_path(log, !a.no_rotated)
+    if let Some(log) = log {
+        let replay = replay_path(log, rotated)
             .with_context(|| format!("reading access log {}", log.display()))?;
         for (file, at) in &replay.torn {
             eprintln!("warning: {file}: torn tail at byte {at}; read up to there");
         }
         out.extend(touches_from_events(&replay.events));
     }
-    if let Some(list) = &a.list {
+    if let Some(list) = list {
         let text = std::fs::read_to_string(list)
             .with_context(|| format!("reading prefetch list {}", list.display()))?;
         out.extend(touches_from_list(&text).with_context(|| list.display().to_string())?);
     }
-    if let Some(json) = &a.optimize_json {
+    if let Some(json) = optimize_json {
         let text = std::fs::read_to_string(json)
             .with_context(|| format!("reading optimize JSON {}", json.display()))?;
         out.extend(touches_from_optimize_json(&text).with_context(|| json.display().to_string())?);

@@ -286,7 +286,8 @@ fn finish(
     Ok(BuildOutput { tree, blob, stats })
 }
 
-fn set_prefetch(tree: &mut Tree, paths: &[Vec<u8>]) -> Result<(), BuildError> {
+/// Make `paths` (in order, each once) the prefetch table of `tree`.
+pub fn set_prefetch(tree: &mut Tree, paths: &[Vec<u8>]) -> Result<(), BuildError> {
     tree.prefetch.clear();
     for p in paths {
         let id = tree.lookup(p).ok_or_else(|| {
@@ -763,27 +764,40 @@ pub fn relayout(
     first: &[InodeId],
     opts: &BuildOptions,
 ) -> Result<(BlobEntry, PathBuf), BuildError> {
-    let old = File::open(old_path).map_err(source_err(old_path))?;
-    let mut ordered: Vec<ChunkRef> = Vec::new();
-    let mut seen: HashSet<u32> = HashSet::new();
-    let mut collect = |chunks: &[ChunkRef], ordered: &mut Vec<ChunkRef>| {
-        for c in chunks {
-            if c.blob_index == blob_index && seen.insert(c.index) {
-                ordered.push(*c);
-            }
-        }
-    };
+    let mut hot = Vec::new();
     for &id in first {
         if let NodeKind::File(ch) = &tree.nodes[id].kind {
-            collect(ch, &mut ordered);
+            hot.extend(ch.iter().filter(|c| c.blob_index == blob_index).map(|c| c.index));
         }
     }
-    let mut rest: Vec<ChunkRef> = Vec::new();
+    relayout_chunks(tree, blob_index, old_path, &hot, opts)
+}
+
+/// Rewrite blob `blob_index` of `tree` so its chunks with chunk-info indexes `hot` come first,
+/// in that order (repeats and indexes the tree does not use are skipped), then the rest in
+/// their old order. Stored bytes are copied, not recompressed; every chunk reference in the
+/// tree is re-pointed. Returns the new blob (the old file is left for the caller).
+pub fn relayout_chunks(
+    tree: &mut Tree,
+    blob_index: u32,
+    old_path: &Path,
+    hot: &[u32],
+    opts: &BuildOptions,
+) -> Result<(BlobEntry, PathBuf), BuildError> {
+    let old = File::open(old_path).map_err(source_err(old_path))?;
+    let mut used: HashMap<u32, ChunkRef> = HashMap::new();
     for n in &tree.nodes {
         if let NodeKind::File(ch) = &n.kind {
-            collect(ch, &mut rest);
+            for c in ch.iter().filter(|c| c.blob_index == blob_index) {
+                used.entry(c.index).or_insert(*c);
+            }
         }
     }
+    let mut seen: HashSet<u32> = HashSet::new();
+    let mut ordered: Vec<ChunkRef> =
+        hot.iter().filter(|i| seen.insert(**i)).filter_map(|i| used.get(i).copied()).collect();
+    let mut rest: Vec<ChunkRef> =
+        used.values().filter(|c| !seen.contains(&c.index)).copied().collect();
     rest.sort_by_key(|c| c.index);
     ordered.extend(rest);
     let compressor = Compressor::from_u32(tree.blobs[blob_index as usize].compression_algo)
