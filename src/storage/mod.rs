@@ -18,6 +18,7 @@
 //! verified.
 
 pub mod backend;
+pub mod blobserver;
 pub mod cache;
 pub mod http;
 
