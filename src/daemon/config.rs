@@ -14,7 +14,7 @@
 //!   (`threads_count`, `merging_size`, `bandwidth_rate`);
 //! * a missing v1 `mode` means `direct`, a blob cache without its `config`/`filecache` section
 //!   uses work dir `.`, and the `http-proxy` backend is also known in v1;
-//! * backends strata does not implement (registry, oss, s3, http-proxy, localdisk) have their
+//! * backends strata does not implement (registry, oss, s3, localdisk) have their
 //!   keys type-checked but their required fields are not enforced: they become
 //!   [`BackendConfig::Unsupported`] and the daemon refuses them at start.
 //!
@@ -43,8 +43,10 @@ pub enum BackendConfig {
         /// A single blob file used for every blob id.
         blob_file: Option<PathBuf>,
     },
+    /// nydusd `http-proxy`: blobs over plain HTTP/1.1 (a TCP address or a unix socket).
+    HttpProxy(crate::storage::HttpProxyConfig),
     /// A backend type nydusd knows that strata does not implement yet (registry, oss, s3,
-    /// http-proxy, localdisk): parsed, then refused at start with a clear message.
+    /// localdisk): parsed, then refused at start with a clear message.
     Unsupported {
         /// The `type` string.
         kind: String,
@@ -1002,6 +1004,33 @@ fn check_unsupported_backend(
     check_schema(path, value, &schema, ctx)
 }
 
+/// An `http-proxy` backend object: type-checked like nydusd's (unknown keys warned about),
+/// `addr` required; `timeout` and `connect_timeout` in seconds (nydusd's default 5).
+fn parse_http_proxy(
+    path: String,
+    value: &Value,
+    ctx: &mut Ctx,
+) -> Result<BackendConfig, ConfigError> {
+    check_unsupported_backend(path.clone(), value, "http-proxy", ctx)?;
+    let Value::Object(map) = value else { unreachable!("check_schema accepted an object") };
+    let s = Section { path, map, toml: ctx.toml };
+    let addr = s.nonempty_string("addr")?.ok_or_else(|| ConfigError::Missing {
+        field: s.field("addr"),
+        why: "the http-proxy backend needs addr (http://host:port or a unix socket path)".into(),
+    })?;
+    let secs = |key: &str| -> Result<std::time::Duration, ConfigError> {
+        Ok(std::time::Duration::from_secs(s.uint(key, 5, u64::from(u32::MAX))?.max(1)))
+    };
+    Ok(BackendConfig::HttpProxy(crate::storage::HttpProxyConfig {
+        addr: addr.to_string(),
+        path: s.string("path")?.unwrap_or_default().to_string(),
+        skip_verify: s.bool("skip_verify", false)?,
+        timeout: secs("timeout")?,
+        connect_timeout: secs("connect_timeout")?,
+        retry_limit: s.uint("retry_limit", 0, u64::from(u8::MAX))? as u8,
+    }))
+}
+
 fn check_schema(
     path: String,
     value: &Value,
@@ -1135,6 +1164,16 @@ fn parse_v1(root: &Value, mut ctx: Ctx) -> Result<DaemonConfig, ConfigError> {
         match backend_section.sub("config", LOCALFS_KEYS, ctx)? {
             Some(s) => parse_localfs(&s)?,
             None => return Err(localfs_needs_dir(&backend_section.field("config"))),
+        }
+    } else if kind == "http-proxy" {
+        match backend_section.get("config") {
+            Some(v) => parse_http_proxy(backend_section.field("config"), v, ctx)?,
+            None => {
+                return Err(ConfigError::Missing {
+                    field: backend_section.field("config"),
+                    why: "the http-proxy backend needs a config with addr".into(),
+                })
+            }
         }
     } else {
         if let Some(v) = backend_section.get("config") {
@@ -1329,7 +1368,9 @@ fn parse_v2_backend(top: &Section<'_>, ctx: &mut Ctx) -> Result<BackendConfig, C
         why: format!("the backend type must be {}", one_of(BACKEND_TYPES)),
     })?;
     // nydusd deserializes (so type-checks) every backend section present, used or not.
-    for other in BACKEND_TYPES.iter().filter(|t| **t != "localfs") {
+    // The used http-proxy section is checked as it is parsed, below.
+    let checked_later = |t: &str| t == "localfs" || (t == "http-proxy" && kind == t);
+    for other in BACKEND_TYPES.iter().filter(|t| !checked_later(t)) {
         if let Some(v) = s.get(other) {
             check_unsupported_backend(s.field(other), v, other, ctx)?;
         }
@@ -1377,6 +1418,15 @@ fn parse_v2_backend(top: &Section<'_>, ctx: &mut Ctx) -> Result<BackendConfig, C
         // An unused localfs section is only type-checked; its missing dir is no error.
         if let Some(Err(e @ ConfigError::Invalid { .. })) = localfs {
             return Err(e);
+        }
+        if kind == "http-proxy" {
+            return match s.get("http-proxy") {
+                Some(v) => parse_http_proxy(s.field("http-proxy"), v, ctx),
+                None => Err(ConfigError::Missing {
+                    field: s.field("http-proxy"),
+                    why: "the http-proxy backend needs its section with addr".into(),
+                }),
+            };
         }
         Ok(BackendConfig::Unsupported { kind: kind.to_string() })
     }
@@ -1606,6 +1656,70 @@ mod tests {
             ),
         ];
         check_table(&cases);
+    }
+
+    #[test]
+    fn http_proxy_backends_parse_in_every_format() {
+        use crate::storage::HttpProxyConfig;
+        use std::time::Duration;
+        let remote = HttpProxyConfig {
+            addr: "http://127.0.0.1:9977".into(),
+            path: "/namespace/repo/blobs".into(),
+            ..Default::default()
+        };
+        let tuned = HttpProxyConfig {
+            addr: "/run/blobs.sock".into(),
+            skip_verify: true,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            retry_limit: 3,
+            ..Default::default()
+        };
+        let cases = [
+            (
+                r#"{"device":{"backend":{"type":"http-proxy","config":{"addr":"http://127.0.0.1:9977","path":"/namespace/repo/blobs"}}}}"#,
+                remote.clone(),
+            ),
+            (
+                r#"{"version":2,"backend":{"type":"http-proxy","http-proxy":{"addr":"/run/blobs.sock","skip_verify":true,"timeout":30,"connect_timeout":2,"retry_limit":3}}}"#,
+                tuned,
+            ),
+            (
+                "version = 2\n[backend]\ntype = \"http-proxy\"\n[backend.http-proxy]\naddr = \"http://127.0.0.1:9977\"\npath = \"/namespace/repo/blobs\"\n",
+                remote,
+            ),
+        ];
+        for (text, want) in cases {
+            let got = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(got.backend, BackendConfig::HttpProxy(want), "{text}");
+        }
+        let warned = parse(
+            r#"{"device":{"backend":{"type":"http-proxy","config":{"addr":"/s","bogus":1}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            warned.warnings.iter().filter(|w| w.contains("bogus")).count(),
+            1,
+            "{:?}",
+            warned.warnings
+        );
+        check_errors(&[
+            (
+                "v1 without addr",
+                r#"{"device":{"backend":{"type":"http-proxy","config":{"path":"/x"}}}}"#,
+                "device.backend.config.addr is missing: the http-proxy backend needs addr (http://host:port or a unix socket path)",
+            ),
+            (
+                "v2 without section",
+                r#"{"version":2,"backend":{"type":"http-proxy"}}"#,
+                "backend.http-proxy is missing: the http-proxy backend needs its section with addr",
+            ),
+            (
+                "bad retry_limit",
+                r#"{"device":{"backend":{"type":"http-proxy","config":{"addr":"/s","retry_limit":300}}}}"#,
+                "device.backend.config.retry_limit: 300 is not an integer from 0 to 255",
+            ),
+        ]);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::rafs::chunk::ChunkReader;
 use crate::rafs::reader::Image;
 use crate::storage::backend::{BlobBackend, LocalFs};
 use crate::storage::cache::{ChunkCache, DirectReader};
+use crate::storage::HttpProxy;
 
 /// Daemon states, as nydusd names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +119,9 @@ impl Instance {
                     ))
                 }
             },
+            BackendConfig::HttpProxy(c) => Arc::new(
+                HttpProxy::new(c.clone()).map_err(|e| ServiceError::Unsupported(e.to_string()))?,
+            ),
             BackendConfig::Unsupported { kind } => {
                 return Err(ServiceError::Unsupported(format!(
                     "backend type {kind:?} is not supported yet (localfs is)"

@@ -8,7 +8,7 @@
 //!   absolute path per line, nydusd's `--prefetch-files`) or nydus-image optimize's JSON.
 //! - [`source`] the image seen as paths -> chunks ([`FileSource`]); [`RafsSource`] implements
 //!   it over a RAFS bootstrap, tests implement it over a table.
-//! - [`plan`] the planner: touches -> chunks in first-touch order (duplicates, shared chunks
+//! - [`mod@plan`] the planner: touches -> chunks in first-touch order (duplicates, shared chunks
 //!   and cached chunks removed) -> merged ranged requests per blob.
 //!
 //! Depends on [`crate::rafs`] (chunk records, the bootstrap reader) and [`crate::accesslog`]

@@ -1,13 +1,16 @@
 //! Storage: where the bytes of a chunk come from.
 //!
-//! Owns the blob backends ([`backend`]: a blob id plus a byte range in, stored bytes out) and
-//! the chunk cache ([`cache`]: uncompressed, verified chunks kept in a sparse local file with a
-//! crash-safe readiness bitmap), plus [`DirectReader`] for uncached reads. Both readers implement
-//! [`crate::rafs::chunk::ChunkReader`], the seam through which file reads obtain chunk bytes.
+//! Owns the blob backends ([`backend`]: a blob id plus a byte range in, stored bytes out;
+//! [`http`]: nydusd's `http-proxy` over HTTP/1.1, with [`blobserver`] as its server side for
+//! tests and benchmarks) and the chunk cache ([`cache`]: uncompressed, verified chunks kept in
+//! a sparse local file with a crash-safe readiness bitmap), plus [`DirectReader`] for uncached
+//! reads. Both readers implement [`crate::rafs::chunk::ChunkReader`], the seam through which
+//! file reads obtain chunk bytes.
 //!
 //! Storage knows blobs, chunks ([`crate::rafs::chunk::ChunkRef`]) and the blob table
 //! ([`crate::rafs::layout::BlobEntry`]) and nothing above them: it must not know about FUSE,
-//! HTTP, inodes or the directory tree. A chunk is addressed by (blob index, chunk index) and its
+//! the daemon's HTTP API, inodes or the directory tree (HTTP here is only a way to fetch blob
+//! bytes). A chunk is addressed by (blob index, chunk index) and its
 //! recorded offsets; where a file's bytes map to chunks is the reader's business.
 //!
 //! Invariant shared by every reader here: the bytes returned for a chunk have the chunk's
@@ -15,13 +18,17 @@
 //! verified.
 
 pub mod backend;
+pub mod blobserver;
 pub mod cache;
+pub mod http;
 
 use std::io;
 use std::path::PathBuf;
 
 use crate::rafs::chunk::ChunkError;
 use crate::rafs::layout::FormatError;
+
+pub use http::{HttpProblem, HttpProxy, HttpProxyConfig};
 
 pub use backend::{validate_blob_id, BackendMetrics, BackendMetricsSnapshot, BlobBackend, LocalFs};
 pub use cache::{
@@ -86,6 +93,27 @@ pub enum StorageError {
         /// Underlying error.
         #[source]
         source: io::Error,
+    },
+    /// A backend's configuration is unusable.
+    #[error("backend {backend}: {reason}")]
+    BackendConfig {
+        /// Backend type (`http-proxy`, ...).
+        backend: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An HTTP exchange with a blob server failed.
+    #[error("blob {blob_id}: {method} {url}: {problem}")]
+    Http {
+        /// Blob id.
+        blob_id: String,
+        /// `HEAD` or `GET`.
+        method: &'static str,
+        /// The blob's URL.
+        url: String,
+        /// What went wrong.
+        #[source]
+        problem: HttpProblem,
     },
     /// A blob table entry names a compressor or digester we do not know.
     #[error("blob {blob_id}: unsupported algorithm in the blob table: {source}")]
@@ -174,6 +202,8 @@ impl StorageError {
             StorageError::BlobIo { source, .. } | StorageError::CacheIo { source, .. } => {
                 source.kind()
             }
+            StorageError::Http { problem, .. } => problem.kind(),
+            StorageError::BackendConfig { .. } => io::ErrorKind::InvalidInput,
             StorageError::InvalidBlobId { .. }
             | StorageError::BlobIndexOutOfRange { .. }
             | StorageError::ChunkIndexOutOfRange { .. } => io::ErrorKind::InvalidInput,
