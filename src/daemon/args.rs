@@ -159,6 +159,9 @@ pub struct FuseArgs {
     /// File listing paths to prefetch.
     #[arg(long, requires = "bootstrap")]
     pub prefetch_files: Option<PathBuf>,
+    /// An access log whose reads are prefetched (ours; after --prefetch-files).
+    #[arg(long, requires = "bootstrap", value_name = "LOG")]
+    pub prefetch_log: Option<PathBuf>,
     /// Failover policy.
     #[arg(long, value_enum)]
     pub failover_policy: Option<FailoverPolicy>,

@@ -90,6 +90,11 @@ pub struct PrefetchConfig {
     pub bandwidth_rate: u64,
     /// Prefetch every blob after the hinted files.
     pub prefetch_all: bool,
+    /// Files to prefetch first, in order (`--prefetch-files`, the mount API's
+    /// `prefetch_files`); not read from config text.
+    pub files: Vec<String>,
+    /// An access log whose reads are prefetched after `files` (`stratad --prefetch-log`).
+    pub log: Option<PathBuf>,
 }
 
 /// RAFS-level settings.
@@ -794,6 +799,8 @@ fn default_prefetch(prefetch_all: bool) -> PrefetchConfig {
         merging_size: DEFAULT_MERGING_SIZE,
         bandwidth_rate: 0,
         prefetch_all,
+        files: Vec::new(),
+        log: None,
     }
 }
 
@@ -852,6 +859,8 @@ fn parse_prefetch(section: Option<&Section<'_>>, v2: bool) -> Result<PrefetchCon
         merging_size,
         bandwidth_rate,
         prefetch_all,
+        files: Vec::new(),
+        log: None,
     })
 }
 
@@ -1594,6 +1603,8 @@ mod tests {
                         merging_size: 131_072,
                         bandwidth_rate: 1_048_576,
                         prefetch_all: true,
+                        files: Vec::new(),
+                        log: None,
                     };
                     c.warnings = warnings(&[LENIENT]);
                 }),
@@ -1891,6 +1902,8 @@ mod tests {
                     merging_size: 4096,
                     bandwidth_rate: 4_294_967_295,
                     prefetch_all: false,
+                    files: Vec::new(),
+                    log: None,
                 };
             })
         };
@@ -1916,6 +1929,8 @@ mod tests {
                     merging_size,
                     bandwidth_rate,
                     prefetch_all,
+                    files: Vec::new(),
+                    log: None,
                 };
             })
         };

@@ -82,9 +82,6 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
     if f.shared_dir.is_some() {
         bail!("--shared-dir: passthroughfs is not built; stratad serves RAFS bootstraps");
     }
-    if f.prefetch_files.is_some() {
-        bail!("--prefetch-files: prefetch is not built yet");
-    }
     if let Some(p) = f.failover_policy {
         log_warn!("--failover-policy {p:?}: failover is not built yet; it has no effect");
     }
@@ -99,9 +96,24 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
         (None, Some(d)) => Some(DaemonConfig::localfs(d.clone())),
         (None, None) => None,
     };
-    if let Some(c) = &config {
+    let mut config = config;
+    if let Some(c) = config.as_mut() {
         for w in &c.warnings {
             log_warn!("config: {w}");
+        }
+        if let Some(list) = &f.prefetch_files {
+            let text = std::fs::read_to_string(list)
+                .with_context(|| format!("--prefetch-files {}", list.display()))?;
+            let files = crate::prefetch::touches_from_list(&text)
+                .with_context(|| format!("--prefetch-files {}", list.display()))?;
+            c.prefetch.files = files.into_iter().map(|t| t.path).collect();
+        }
+        c.prefetch.log = f.prefetch_log.clone();
+        if (f.prefetch_files.is_some() || f.prefetch_log.is_some()) && !c.prefetch.enable {
+            log_warn!(
+                "--prefetch-files/--prefetch-log: prefetch is not enabled in the config \
+                 (fs_prefetch.enable / prefetch.enable); nothing is prefetched"
+            );
         }
     }
 

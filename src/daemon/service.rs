@@ -13,10 +13,11 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use super::api::{ApiError, DaemonControl, MountRequest};
-use super::config::{BackendConfig, CacheKind, DaemonConfig};
+use super::config::{BackendConfig, CacheKind, DaemonConfig, PrefetchConfig};
 use super::metrics::{Events, FsMetrics, Recorders};
 use super::rafsfs::{ImagePaths, RafsFs};
 use crate::accesslog::{AccessSink, Filter, SinkOptions};
+use crate::prefetch::{Engine, EngineOptions, PlanOptions, Touch};
 use crate::rafs::chunk::ChunkReader;
 use crate::rafs::reader::Image;
 use crate::storage::backend::{BlobBackend, LocalFs};
@@ -65,9 +66,12 @@ pub enum ServiceError {
     /// Storage setup failed.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
-    /// The access log could not start.
-    #[error("access log: {0}")]
+    /// The access log could not start, or a prefetch log could not be read.
+    #[error(transparent)]
     AccessLog(#[from] crate::accesslog::Error),
+    /// Planning the prefetch failed.
+    #[error(transparent)]
+    Prefetch(#[from] crate::prefetch::Error),
     /// Vfs mount failed.
     #[error("mount {path}: {detail}")]
     Vfs {
@@ -95,6 +99,9 @@ pub struct Instance {
     /// The access log (off unless the config has an `accesslog` section; a writable mount's
     /// log is the overlay's, made by the caller).
     pub access: Arc<AccessSink>,
+    /// Background prefetch, when the config enables it and there is something to fetch;
+    /// cancelled when the instance is dropped.
+    pub prefetch: Option<Engine>,
 }
 
 impl Instance {
@@ -165,6 +172,10 @@ impl Instance {
         } else {
             Arc::new(AccessSink::off())
         };
+        let prefetch = match &cache {
+            Some(c) => start_prefetch(&image, c, &config.prefetch)?,
+            None => None,
+        };
         let fs = RafsFs::new(
             image.clone(),
             reader,
@@ -183,10 +194,56 @@ impl Instance {
                 cache,
                 metrics,
                 access,
+                prefetch,
             },
             fs,
         ))
     }
+}
+
+/// Plan what `p` asks to prefetch (`files`, then the reads of `log`, then the image's prefetch
+/// table unless `files` were given, then everything with `prefetch_all`), leaving out what the
+/// cache holds, and start the engine. `None` when prefetch is off or there is nothing to fetch.
+fn start_prefetch(
+    image: &Arc<Image>,
+    cache: &Arc<ChunkCache>,
+    p: &PrefetchConfig,
+) -> Result<Option<Engine>, ServiceError> {
+    if !p.enable {
+        return Ok(None);
+    }
+    let mut touches: Vec<Touch> = p.files.iter().map(Touch::whole).collect();
+    if let Some(log) = &p.log {
+        let replay = crate::accesslog::replay_path(log, true)?;
+        touches.extend(crate::prefetch::touches_from_events(&replay.events));
+    }
+    if p.files.is_empty() && !image.prefetch.is_empty() {
+        let paths = ImagePaths::new(image.clone());
+        for nid in &image.prefetch {
+            if let Some(path) = crate::accesslog::PathResolver::path(&paths, 0, *nid) {
+                touches.push(Touch::whole(String::from_utf8_lossy(&path)));
+            }
+        }
+    }
+    if p.prefetch_all {
+        touches.push(Touch::whole("/"));
+    }
+    if touches.is_empty() {
+        return Ok(None);
+    }
+    // nydusd merges up to max(batch size, 128 KiB).
+    let opts = PlanOptions { merging_size: p.merging_size.max(128 << 10), max_gap: None };
+    let plan = crate::prefetch::plan(
+        &touches,
+        &crate::prefetch::RafsSource::new(image),
+        &|c| cache.is_cached(c),
+        &opts,
+    )?;
+    if plan.requests.is_empty() {
+        return Ok(None);
+    }
+    let eo = EngineOptions { threads: p.threads_count, bandwidth_rate: p.bandwidth_rate };
+    Ok(Some(Engine::start(cache.clone(), &plan, eo)))
 }
 
 /// The daemon.
@@ -348,22 +405,33 @@ impl Daemon {
                 req.fs_type
             )));
         }
-        if req.prefetch_files.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(ApiError::not_implemented("prefetch_files: prefetch is not built yet"));
-        }
-        if req.config.trim().is_empty() {
-            return self.default_config.clone().ok_or_else(|| {
+        let mut config = if req.config.trim().is_empty() {
+            self.default_config.clone().ok_or_else(|| {
                 ApiError::bad_request("config is empty and the daemon has no default")
-            });
+            })?
+        } else {
+            super::config::parse(&req.config)
+                .map_err(|e| ApiError::bad_request(format!("config: {e}")))?
+        };
+        // nydusd: the request's list replaces the image's prefetch table for this mount.
+        if let Some(files) = &req.prefetch_files {
+            if let Some(bad) = files.iter().find(|f| !f.starts_with('/')) {
+                return Err(ApiError::bad_request(format!(
+                    "prefetch_files: {bad:?} is not an absolute path"
+                )));
+            }
+            config.prefetch.files = files.clone();
         }
-        super::config::parse(&req.config).map_err(|e| ApiError::bad_request(format!("config: {e}")))
+        Ok(config)
     }
 }
 
 fn service_to_api(e: ServiceError) -> ApiError {
     match e {
         ServiceError::Unsupported(m) => ApiError::not_implemented(m),
-        ServiceError::Bootstrap { .. } => ApiError::bad_request(e.to_string()),
+        ServiceError::Bootstrap { .. } | ServiceError::AccessLog(_) | ServiceError::Prefetch(_) => {
+            ApiError::bad_request(e.to_string())
+        }
         other => ApiError::internal(other.to_string()),
     }
 }
@@ -499,15 +567,18 @@ impl DaemonControl for Daemon {
                 }
                 None => (0, 0, 0, String::new()),
             };
-            json!({
+            let total_chunks: u64 = i.image.blobs.iter().map(|b| u64::from(b.chunk_count)).sum();
+            let mut v = json!({
                 "id": id.unwrap_or("/"), "underlying_files": i.image.blobs.iter().map(|b| b.blob_id.clone()).collect::<Vec<_>>(),
                 "store_path": store, "partial_hits": 0, "whole_hits": hits, "total": hits + misses,
-                "entries_count": entries, "prefetch_data_amount": 0, "prefetch_requests_count": 0,
-                "prefetch_workers": 0, "prefetch_unmerged_chunks": 0, "prefetch_cumulative_time_millis": 0,
-                "prefetch_begin_time_secs": 0, "prefetch_begin_time_millis": 0,
-                "prefetch_end_time_secs": 0, "prefetch_end_time_millis": 0,
-                "buffered_backend_size": 0, "data_all_ready": false,
-            })
+                "entries_count": entries, "buffered_backend_size": 0,
+                "data_all_ready": total_chunks > 0 && entries >= total_chunks,
+            });
+            let p = i.prefetch.as_ref().map(|e| e.metrics()).unwrap_or_default();
+            if let (Value::Object(m), Ok(Value::Object(pm))) = (&mut v, serde_json::to_value(p)) {
+                m.extend(pm);
+            }
+            v
         })
     }
 

@@ -1,8 +1,8 @@
 //! Prefetch: turning a record of what a workload read into the backend requests that fetch it
 //! before it is asked for.
 //!
-//! This half of the module is pure planning; the engine that runs a plan inside `stratad`
-//! (worker threads, bandwidth cap, priority for on-demand reads) comes later.
+//! Planning is pure; [`engine`] runs a plan into the chunk cache (worker threads, bandwidth
+//! cap, readers first).
 //!
 //! - [`input`] what was touched, as [`Touch`]es: from access-log events, a prefetch list (one
 //!   absolute path per line, nydusd's `--prefetch-files`) or nydus-image optimize's JSON.
@@ -10,17 +10,21 @@
 //!   it over a RAFS bootstrap, tests implement it over a table.
 //! - [`mod@plan`] the planner: touches -> chunks in first-touch order (duplicates, shared chunks
 //!   and cached chunks removed) -> merged ranged requests per blob.
+//! - [`engine`] background workers running a plan's requests into a
+//!   [`crate::storage::ChunkCache`].
 //!
-//! Depends on [`crate::rafs`] (chunk records, the bootstrap reader) and [`crate::accesslog`]
-//! (resolved events); knows nothing of FUSE, HTTP or the daemon. Planning is deterministic:
+//! Depends on [`crate::rafs`] (chunk records, the bootstrap reader), [`crate::accesslog`]
+//! (resolved events) and [`crate::storage`] (the cache the engine fills); knows nothing of FUSE, HTTP or the daemon. Planning is deterministic:
 //! the same inputs give the same plan. docs/prefetch.md describes the rules.
 
+pub mod engine;
 pub mod input;
 pub mod plan;
 pub mod source;
 
 use crate::rafs::reader::ReadError;
 
+pub use engine::{Engine, EngineOptions, PrefetchMetrics};
 pub use input::{
     touches_from_events, touches_from_list, touches_from_optimize_json, Extent, Touch,
 };

@@ -321,6 +321,8 @@ type Shared = Result<Arc<Vec<u8>>, String>;
 struct Slot {
     result: Mutex<Option<Shared>>,
     done: Condvar,
+    /// Filled by prefetch: a failure is not the waiting reader's, which then fetches itself.
+    prefetch: bool,
 }
 
 impl Slot {
@@ -377,6 +379,9 @@ pub struct ChunkCache {
     blobs: Vec<Arc<CachedBlob>>,
     validate: bool,
     inflight: InFlight,
+    /// Chunks readers are fetching from the backend right now (not prefetch): prefetch holds
+    /// back its next request while this is non-zero, so readers get the link.
+    demand: std::sync::atomic::AtomicUsize,
     counters: Arc<Counters>,
     /// Auto-flushes run on this thread, off the path of the reader that made them due (a
     /// flush syncs the data file: tens of ms a reader should not wait for).
@@ -471,6 +476,7 @@ impl ChunkCache {
             blobs: cached,
             validate,
             inflight: Mutex::new(HashMap::new()),
+            demand: std::sync::atomic::AtomicUsize::new(0),
             counters,
             flusher,
         })
@@ -613,6 +619,135 @@ impl ChunkCache {
     }
 }
 
+/// Counts one reader's backend fetch for as long as it lives.
+struct DemandFetch<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> DemandFetch<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(n)
+    }
+}
+
+impl Drop for DemandFetch<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// What one [`ChunkCache::fill_range`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filled {
+    /// Whether a backend request was made (false when every chunk was ready or being fetched).
+    pub fetched: bool,
+    /// Stored bytes fetched.
+    pub bytes: u64,
+    /// Chunks verified and stored.
+    pub chunks: usize,
+}
+
+impl ChunkCache {
+    /// Chunks readers are fetching from the backend at this moment (prefetch excluded).
+    pub fn demand_fetches(&self) -> usize {
+        self.demand.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Prefetch: fetch the stored bytes `[offset, offset+len)` of blob `blob_index` with one
+    /// backend request and store every chunk of `chunks` inside that range that is neither
+    /// ready nor being fetched. A reader wanting one of those chunks meanwhile waits for this
+    /// request instead of fetching again. Chunks outside the range are skipped; the range is
+    /// trimmed to the chunks still needed. A chunk that fails to verify is not stored (and
+    /// its waiting readers fetch it themselves); the first such error is returned after the
+    /// others were stored.
+    pub fn fill_range(
+        &self,
+        blob_index: u32,
+        offset: u64,
+        len: u64,
+        chunks: &[ChunkRef],
+    ) -> Result<Filled, ChunkError> {
+        let Some(blob) = self.blobs.get(blob_index as usize) else {
+            return Err(StorageError::BlobIndexOutOfRange {
+                blob_index,
+                blob_count: self.blobs.len(),
+            }
+            .into_chunk_error(&format!("#{blob_index}"), 0));
+        };
+        let end = offset.saturating_add(len);
+        let mut mine: Vec<(ChunkRef, Leader<'_>)> = Vec::new();
+        {
+            let mut inflight = self.inflight.lock();
+            for c in chunks {
+                let inside = c.blob_index == blob_index
+                    && c.compressed_offset >= offset
+                    && c.compressed_offset.saturating_add(u64::from(c.compressed_size)) <= end;
+                if !inside || blob.info.check(c).is_err() || blob.is_ready(c.index) {
+                    continue;
+                }
+                let key = (blob_index, c.index);
+                if inflight.contains_key(&key) || mine.iter().any(|(m, _)| m.index == c.index) {
+                    continue;
+                }
+                let slot = Arc::new(Slot { prefetch: true, ..Slot::default() });
+                inflight.insert(key, Arc::clone(&slot));
+                mine.push((*c, Leader { inflight: &self.inflight, key, slot, finished: false }));
+            }
+        }
+        if mine.is_empty() {
+            return Ok(Filled::default());
+        }
+        let from = mine.iter().map(|(c, _)| c.compressed_offset).min().unwrap_or(offset);
+        let to = mine
+            .iter()
+            .map(|(c, _)| c.compressed_offset + u64::from(c.compressed_size))
+            .max()
+            .unwrap_or(end);
+        let stored = match self.backend.read_range(&blob.info.blob_id, from, (to - from) as usize) {
+            Ok(b) => b,
+            Err(e) => {
+                let e = e.into_chunk_error(&blob.info.blob_id, mine[0].0.index);
+                for (_, mut l) in mine {
+                    l.publish(Err(e.to_string()));
+                }
+                return Err(e);
+            }
+        };
+        bump(&self.counters.fetch_bytes, stored.len() as u64);
+        let mut filled = Filled { fetched: true, bytes: stored.len() as u64, chunks: 0 };
+        let mut first_err = None;
+        let mut flush_due = false;
+        for (c, mut leader) in mine {
+            let at = (c.compressed_offset - from) as usize;
+            let outcome = blob.info.decode(&c, &stored[at..at + c.compressed_size as usize]);
+            match outcome {
+                Ok(data) => {
+                    if blob.data.write_all_at(&data, c.uncompressed_offset).is_ok() {
+                        flush_due |= blob.state.lock().set(c.index);
+                        filled.chunks += 1;
+                    } else {
+                        bump(&self.counters.cache_io_errors, 1);
+                    }
+                    leader.publish(Ok(Arc::new(data)));
+                }
+                Err(e) => {
+                    if matches!(e, ChunkError::DigestMismatch { .. }) {
+                        bump(&self.counters.digest_errors, 1);
+                    }
+                    leader.publish(Err(e.to_string()));
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if flush_due {
+            self.flush_in_background(blob);
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(filled),
+        }
+    }
+}
+
 impl ChunkReader for ChunkCache {
     fn is_cached(&self, chunk: &ChunkRef) -> bool {
         self.blobs.get(chunk.blob_index as usize).is_some_and(|b| b.is_ready(chunk.index))
@@ -679,6 +814,13 @@ impl ChunkReader for ChunkCache {
             bump(&self.counters.misses, 1);
             if let Some(slot) = inflight.get(&key).cloned() {
                 drop(inflight);
+                if slot.prefetch {
+                    match slot.wait() {
+                        Ok(bytes) => return Ok(bytes),
+                        // The prefetch failed; this reader tries for itself.
+                        Err(_) => continue,
+                    }
+                }
                 return slot.wait().map_err(|message| ChunkError::Io {
                     blob_id: blob.info.blob_id.clone(),
                     index: chunk.index,
@@ -690,6 +832,7 @@ impl ChunkReader for ChunkCache {
             drop(inflight);
 
             let mut leader = Leader { inflight: &self.inflight, key, slot, finished: false };
+            let _demand = DemandFetch::new(&self.demand);
             let (result, flush_due) = self.fetch_and_store(blob, chunk);
             leader.publish(match &result {
                 Ok(bytes) => Ok(Arc::clone(bytes)),

@@ -32,7 +32,7 @@ pub use http::{HttpProblem, HttpProxy, HttpProxyConfig};
 
 pub use backend::{validate_blob_id, BackendMetrics, BackendMetricsSnapshot, BlobBackend, LocalFs};
 pub use cache::{
-    read_ready_bits, CacheMetrics, ChunkCache, DirectReader, AUTO_FLUSH_EVERY,
+    read_ready_bits, CacheMetrics, ChunkCache, DirectReader, Filled, AUTO_FLUSH_EVERY,
     CHUNK_MAP_HEADER_SIZE, CHUNK_MAP_MAGIC, CHUNK_MAP_VERSION,
 };
 
