@@ -328,6 +328,11 @@ fn the_overlay_records_reads_and_mutations_with_paths() {
     let (status, v) = d.api("GET", "/api/v1/accesslog?op=create,rename,unlink,mkdir&limit=10");
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["events"].as_array().unwrap().len(), 4, "{v}");
+    // nydusd's io metrics count the overlay's reading operations too.
+    let (status, m) = d.api("GET", "/api/v1/metrics");
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["data_read"], 6, "cat read the 6 bytes of /etc/motd: {m}");
+    assert!(m["fop_hits"][9].as_u64().unwrap() >= 2, "lookups counted: {m}");
     assert!(d.stop().success());
 
     let r = replay_path(&log, true).unwrap();

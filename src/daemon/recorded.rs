@@ -1,6 +1,9 @@
-//! [`Recorded`]: any FUSE filesystem with its requests handed to an access log.
+//! [`Recorded`]: any FUSE filesystem with its requests handed to an access log and counted in
+//! nydusd's io metrics ([`FsMetrics`]: per-op hits, errors and latency, read sizes, and the
+//! optional per-file, access-pattern and recent-file recorders; nydusd counts only reading
+//! operations, so writes are counted by the access log alone).
 //!
-//! The overlay is served through this wrapper, so its own code knows nothing of the log: every
+//! The overlay is served through this wrapper, so its own code knows nothing of either: every
 //! request is forwarded unchanged, then the outcome is recorded with the caller's pid and uid
 //! (lookups and creates with the inode they found or made; reads and writes with the bytes they
 //! moved). Failed requests are recorded too, except a lookup of a missing name, which is
@@ -21,18 +24,35 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyReader, ZeroCopyWriter,
 };
 
+use super::metrics::{Fop, FsMetrics};
 use crate::accesslog::{AccessSink, Event, Op};
 
-/// `inner` with its requests recorded in `sink`.
+/// `inner` with its requests recorded in `sink` and counted in `metrics`.
 pub struct Recorded<F> {
     inner: F,
     sink: Arc<AccessSink>,
+    metrics: Arc<FsMetrics>,
 }
 
 impl<F> Recorded<F> {
-    /// Record the requests of `inner` in `sink`.
-    pub fn new(inner: F, sink: Arc<AccessSink>) -> Self {
-        Self { inner, sink }
+    /// Record the requests of `inner` in `sink` and count them in `metrics`.
+    pub fn new(inner: F, sink: Arc<AccessSink>, metrics: Arc<FsMetrics>) -> Self {
+        Self { inner, sink, metrics }
+    }
+
+    /// Run `f` as a counted `fop` on `inode`; `bytes` tells what a successful result read.
+    #[inline]
+    fn counted<T>(
+        &self,
+        fop: Fop,
+        inode: u64,
+        f: impl FnOnce() -> io::Result<T>,
+        bytes: impl Fn(&T) -> usize,
+    ) -> io::Result<T> {
+        let op = self.metrics.begin(fop, inode);
+        let r = f();
+        op.done(r.is_ok(), r.as_ref().map_or(0, bytes));
+        r
     }
 
     /// The access log.
@@ -75,7 +95,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Recorded<F> {
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
-        let r = self.inner.lookup(ctx, parent, name);
+        let r = self.counted(Fop::Lookup, parent, || self.inner.lookup(ctx, parent, name), |_| 0);
         self.made(ctx, Op::Lookup, parent, name, &r, |e| e.inode);
         r
     }
@@ -90,7 +110,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Recorded<F> {
 
     fn getattr(&self, ctx: &Context, inode: u64, h: Option<u64>) -> io::Result<(stat64, Duration)> {
         self.log(ctx, Op::Getattr, inode, |e| e);
-        self.inner.getattr(ctx, inode, h)
+        self.counted(Fop::Getattr, inode, || self.inner.getattr(ctx, inode, h), |_| 0)
     }
 
     fn setattr(
@@ -107,7 +127,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Recorded<F> {
 
     fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
         self.log(ctx, Op::Readlink, inode, |e| e);
-        self.inner.readlink(ctx, inode)
+        self.counted(Fop::Readlink, inode, || self.inner.readlink(ctx, inode), |_| 0)
     }
 
     fn symlink(&self, ctx: &Context, target: &CStr, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -182,7 +202,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Recorded<F> {
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         self.log(ctx, Op::Open, inode, |e| e);
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        self.counted(Fop::Open, inode, || self.inner.open(ctx, inode, flags, fuse_flags), |_| 0)
     }
 
     #[allow(clippy::type_complexity)]
@@ -210,7 +230,12 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Recorded<F> {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        let r = self.inner.read(ctx, inode, handle, w, size, offset, lock_owner, flags);
+        let r = self.counted(
+            Fop::Read,
+            inode,
+            || self.inner.read(ctx, inode, handle, w, size, offset, lock_owner, flags),
+            |n| *n,
+        );
         let n = *r.as_ref().unwrap_or(&0) as u64;
         self.log(ctx, Op::Read, inode, |e| e.with_range(offset, n));
         r
@@ -280,12 +305,17 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Recorded<F> {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner.release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        self.counted(
+            Fop::Release,
+            inode,
+            || self.inner.release(ctx, inode, flags, handle, flush, flock_release, lock_owner),
+            |_| 0,
+        )
     }
 
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
         self.log(ctx, Op::Statfs, inode, |e| e);
-        self.inner.statfs(ctx, inode)
+        self.counted(Fop::Statfs, inode, || self.inner.statfs(ctx, inode), |_| 0)
     }
 
     fn setxattr(
@@ -308,12 +338,12 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Recorded<F> {
         size: u32,
     ) -> io::Result<GetxattrReply> {
         self.log(ctx, Op::Getxattr, inode, |e| e.with_name(name.to_bytes()));
-        self.inner.getxattr(ctx, inode, name, size)
+        self.counted(Fop::Getxattr, inode, || self.inner.getxattr(ctx, inode, name, size), |_| 0)
     }
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         self.log(ctx, Op::Listxattr, inode, |e| e);
-        self.inner.listxattr(ctx, inode, size)
+        self.counted(Fop::Listxattr, inode, || self.inner.listxattr(ctx, inode, size), |_| 0)
     }
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
@@ -328,7 +358,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Recorded<F> {
         flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         self.log(ctx, Op::Opendir, inode, |e| e);
-        self.inner.opendir(ctx, inode, flags)
+        self.counted(Fop::Opendir, inode, || self.inner.opendir(ctx, inode, flags), |_| 0)
     }
 
     fn readdir(
@@ -341,7 +371,12 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Recorded<F> {
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
         self.log(ctx, Op::Readdir, inode, |e| e);
-        self.inner.readdir(ctx, inode, handle, size, offset, add_entry)
+        self.counted(
+            Fop::Readdir,
+            inode,
+            || self.inner.readdir(ctx, inode, handle, size, offset, add_entry),
+            |_| 0,
+        )
     }
 
     fn readdirplus(
@@ -354,7 +389,12 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Recorded<F> {
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
         self.log(ctx, Op::Readdir, inode, |e| e);
-        self.inner.readdirplus(ctx, inode, handle, size, offset, add_entry)
+        self.counted(
+            Fop::Readdirplus,
+            inode,
+            || self.inner.readdirplus(ctx, inode, handle, size, offset, add_entry),
+            |_| 0,
+        )
     }
 
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
@@ -368,7 +408,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Recorded<F> {
 
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
         self.log(ctx, Op::Access, inode, |e| e);
-        self.inner.access(ctx, inode, mask)
+        self.counted(Fop::Access, inode, || self.inner.access(ctx, inode, mask), |_| 0)
     }
 
     fn lseek(

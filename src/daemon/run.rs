@@ -146,9 +146,15 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
             timeout: crate::overlay::DEFAULT_TIMEOUT,
         })?;
         let accesslog = config.as_ref().map(|c| c.accesslog.clone()).unwrap_or_default();
+        let recorders =
+            config.as_ref().map_or_else(Default::default, |c| super::metrics::Recorders {
+                files: c.rafs.iostats_files,
+                pattern: c.rafs.access_pattern,
+                latest: c.rafs.latest_read_files,
+            });
         Serving::mount(
             &mountpoint,
-            recorded_overlay(fs, &accesslog, &daemon)?,
+            recorded_overlay(fs, &accesslog, recorders, &daemon)?,
             f.fuse_threads,
             Kind::Writable("strata"),
             on_exit,
@@ -307,6 +313,7 @@ fn serve(
 fn recorded_overlay(
     fs: OverlayFs,
     cfg: &AccessLogConfig,
+    recorders: super::metrics::Recorders,
     daemon: &Daemon,
 ) -> Result<Arc<Recorded<Arc<OverlayFs>>>> {
     let fs = Arc::new(fs);
@@ -318,8 +325,9 @@ fn recorded_overlay(
     } else {
         Arc::new(AccessSink::off())
     };
-    daemon.set_overlay_access(sink.clone());
-    Ok(Arc::new(Recorded::new(fs, sink)))
+    let metrics = Arc::new(super::metrics::FsMetrics::new("/", recorders));
+    daemon.set_overlay(sink.clone(), metrics.clone());
+    Ok(Arc::new(Recorded::new(fs, sink, metrics)))
 }
 
 fn run_overlay(o: OverlayCmd, sigs: SigSet) -> Result<()> {
@@ -394,7 +402,7 @@ fn run_overlay(o: OverlayCmd, sigs: SigSet) -> Result<()> {
     };
     let serving = Serving::mount(
         &mountpoint,
-        recorded_overlay(fs, &accesslog, &daemon)?,
+        recorded_overlay(fs, &accesslog, Default::default(), &daemon)?,
         o.fuse_threads,
         Kind::Writable(&o.fsname),
         on_exit,

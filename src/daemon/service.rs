@@ -256,8 +256,10 @@ pub struct Daemon {
     events: Arc<Events>,
     default_config: Option<DaemonConfig>,
     exit: Mutex<Option<Sender<()>>>,
-    /// The writable overlay's access log, when the daemon serves one (not a Vfs instance).
+    /// The writable overlay's access log and io metrics, when the daemon serves one (not a
+    /// Vfs instance).
     overlay_access: Mutex<Option<Arc<AccessSink>>>,
+    overlay_metrics: Mutex<Option<Arc<FsMetrics>>>,
 }
 
 impl Daemon {
@@ -281,6 +283,7 @@ impl Daemon {
             default_config,
             exit: Mutex::new(Some(exit)),
             overlay_access: Mutex::new(None),
+            overlay_metrics: Mutex::new(None),
         }
     }
 
@@ -294,9 +297,19 @@ impl Daemon {
         &self.events
     }
 
-    /// The access log of the writable overlay this daemon serves, for the API.
-    pub fn set_overlay_access(&self, sink: Arc<AccessSink>) {
+    /// The access log and io metrics of the writable overlay this daemon serves, for the API
+    /// (answered for id `/` or no id).
+    pub fn set_overlay(&self, sink: Arc<AccessSink>, metrics: Arc<FsMetrics>) {
         *self.overlay_access.lock() = Some(sink);
+        *self.overlay_metrics.lock() = Some(metrics);
+    }
+
+    /// The io metrics the API means by `id`: the overlay's, else a RAFS instance's.
+    fn fs_metrics(&self, id: Option<&str>) -> Result<Arc<FsMetrics>, ApiError> {
+        match self.overlay_metrics.lock().clone() {
+            Some(m) if id.is_none() || id == Some("/") => Ok(m),
+            _ => self.with_instance(id, |i| i.metrics.clone()),
+        }
     }
 
     /// Write out every access log's buffered events (on unmount and exit).
@@ -502,11 +515,11 @@ impl DaemonControl for Daemon {
     }
 
     fn metrics(&self, id: Option<&str>) -> Result<Value, ApiError> {
-        self.with_instance(id, |i| i.metrics.global())
+        Ok(self.fs_metrics(id)?.global())
     }
 
     fn metrics_files(&self, id: Option<&str>, latest: bool) -> Result<Value, ApiError> {
-        self.with_instance(id, |i| i.metrics.files(latest))?.ok_or_else(|| {
+        self.fs_metrics(id)?.files(latest).ok_or_else(|| {
             ApiError::bad_request(if latest {
                 "latest_read_files is not enabled in the config"
             } else {
@@ -516,7 +529,8 @@ impl DaemonControl for Daemon {
     }
 
     fn metrics_pattern(&self, id: Option<&str>) -> Result<Value, ApiError> {
-        self.with_instance(id, |i| i.metrics.pattern())?
+        self.fs_metrics(id)?
+            .pattern()
             .ok_or_else(|| ApiError::bad_request("access_pattern is not enabled in the config"))
     }
 
@@ -583,8 +597,11 @@ impl DaemonControl for Daemon {
     }
 
     fn metrics_inflight(&self) -> Value {
-        let values: Vec<Value> =
+        let mut values: Vec<Value> =
             self.instances.lock().values().flat_map(|i| i.metrics.inflight()).collect();
+        if let Some(m) = self.overlay_metrics.lock().as_ref() {
+            values.extend(m.inflight());
+        }
         json!({"values": values})
     }
 }
