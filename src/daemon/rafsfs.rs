@@ -135,7 +135,7 @@ impl RafsFs {
     }
 
     /// The cache state of the chunks holding `[offset, offset+len)` of `inode`, and their
-    /// indexes. Only called when the access log is on.
+    /// indexes. Only called when the access log is on; allocates nothing.
     fn cache_state(&self, inode: &Inode, offset: u64, len: u64) -> Option<(u32, u32, Cache)> {
         let cs = u64::from(self.image.chunk_size);
         if cs == 0 || len == 0 || offset >= inode.disk.size {
@@ -143,11 +143,12 @@ impl RafsFs {
         }
         let end = (offset + len).min(inode.disk.size);
         let (first, last) = (offset / cs, (end - 1) / cs);
-        let list = self.image.chunk_range(inode, first, last - first + 1).ok()?;
         let (mut hit, mut all) = (0usize, 0usize);
-        for c in list.iter().flatten() {
-            all += 1;
-            hit += usize::from(self.chunks.is_cached(c));
+        for c in self.image.chunk_iter(inode, first, last - first + 1).ok()? {
+            if let Some(c) = c.ok()? {
+                all += 1;
+                hit += usize::from(self.chunks.is_cached(&c));
+            }
         }
         let cache = match hit {
             _ if hit == all => Cache::Hit,

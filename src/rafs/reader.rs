@@ -716,6 +716,16 @@ impl Image {
         first: u64,
         count: u64,
     ) -> Result<Vec<Option<ChunkRef>>> {
+        self.chunk_iter(inode, first, count)?.collect()
+    }
+
+    /// Like [`Image::chunk_range`], one chunk at a time, without allocating.
+    pub fn chunk_iter<'a>(
+        &'a self,
+        inode: &Inode,
+        first: u64,
+        count: u64,
+    ) -> Result<impl Iterator<Item = Result<Option<ChunkRef>>> + 'a> {
         if !inode.is_reg() {
             return Err(ReadError::Invalid(format!("nid {} is not a regular file", inode.nid)));
         }
@@ -726,7 +736,7 @@ impl Image {
                     inode.nid, inode.disk.layout
                 )));
             }
-            return Ok(Vec::new());
+            return Ok(self.decode_chunks(inode.nid, &[], 0, 0));
         }
         if self.kind != ImageKind::RafsV6 {
             return Err(ReadError::Unsupported(format!(
@@ -745,30 +755,39 @@ impl Image {
         let total = raw.len() as u64 / l::CHUNK_INDEX_SIZE as u64;
         let first = first.min(total);
         let last = first.saturating_add(count).min(total);
-        (first..last)
-            .map(|i| {
-                let at = (i as usize) * l::CHUNK_INDEX_SIZE;
-                let idx = l::ChunkIndex::decode(&raw[at..at + l::CHUNK_INDEX_SIZE])?;
-                if idx.blkaddr == l::NULL_ADDR {
-                    return Ok(None);
-                }
-                if idx.device_id == 0 || usize::from(idx.device_id) > self.blobs.len() {
-                    return Err(ReadError::Invalid(format!(
-                        "nid {} chunk {i}: device id {} with {} blobs",
-                        inode.nid,
-                        idx.device_id,
-                        self.blobs.len()
-                    )));
-                }
-                let blob = u32::from(idx.device_id) - 1;
-                self.chunks.get(&(blob, idx.ci_index)).copied().map(Some).ok_or_else(|| {
-                    ReadError::Invalid(format!(
-                        "nid {} chunk {i}: chunk index {} of blob {blob} is past the chunk table",
-                        inode.nid, idx.ci_index
-                    ))
-                })
+        Ok(self.decode_chunks(inode.nid, raw, first, last))
+    }
+
+    /// Chunk index entries `first..last` of `raw` (a file's chunk index array) resolved.
+    fn decode_chunks<'a>(
+        &'a self,
+        nid: u64,
+        raw: &'a [u8],
+        first: u64,
+        last: u64,
+    ) -> impl Iterator<Item = Result<Option<ChunkRef>>> + 'a {
+        (first..last).map(move |i| {
+            let at = (i as usize) * l::CHUNK_INDEX_SIZE;
+            let idx = l::ChunkIndex::decode(&raw[at..at + l::CHUNK_INDEX_SIZE])?;
+            if idx.blkaddr == l::NULL_ADDR {
+                return Ok(None);
+            }
+            if idx.device_id == 0 || usize::from(idx.device_id) > self.blobs.len() {
+                return Err(ReadError::Invalid(format!(
+                    "nid {} chunk {i}: device id {} with {} blobs",
+                    nid,
+                    idx.device_id,
+                    self.blobs.len()
+                )));
+            }
+            let blob = u32::from(idx.device_id) - 1;
+            self.chunks.get(&(blob, idx.ci_index)).copied().map(Some).ok_or_else(|| {
+                ReadError::Invalid(format!(
+                    "nid {} chunk {i}: chunk index {} of blob {blob} is past the chunk table",
+                    nid, idx.ci_index
+                ))
             })
-            .collect()
+        })
     }
 
     /// Read `[offset, offset+len)` of a regular file (short at EOF), chunk data through `src`.
