@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{noise, path_str as s};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -14,34 +16,17 @@ use common::daemon::{is_mounted, Daemon};
 use common::{require_root, strata};
 use strata::accesslog::{replay_path, Op, Resolved};
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// Deterministic bytes with no repeats at chunk scale (so chunks do not dedupe).
-fn bytes(n: usize, seed: u8) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(seed);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A small image: /lib/big.bin (3 MiB, 3 chunks), /etc/{hosts,passwd}, 200 files in /many.
 fn image(t: &Path) -> (PathBuf, PathBuf) {
     let src = t.join("src");
     std::fs::create_dir_all(src.join("lib")).unwrap();
     std::fs::create_dir_all(src.join("etc")).unwrap();
     std::fs::create_dir_all(src.join("many")).unwrap();
-    std::fs::write(src.join("lib/big.bin"), bytes(3 << 20, 1)).unwrap();
-    std::fs::write(src.join("etc/hosts"), bytes(10_000, 2)).unwrap();
-    std::fs::write(src.join("etc/passwd"), bytes(8192, 3)).unwrap();
+    std::fs::write(src.join("lib/big.bin"), noise(1, 3 << 20)).unwrap();
+    std::fs::write(src.join("etc/hosts"), noise(2, 10_000)).unwrap();
+    std::fs::write(src.join("etc/passwd"), noise(3, 8192)).unwrap();
     for i in 0..200 {
-        std::fs::write(src.join(format!("many/f{i}")), bytes(4096, i as u8)).unwrap();
+        std::fs::write(src.join(format!("many/f{i}")), noise(i as u64 + 10, 4096)).unwrap();
     }
     let (boot, blobs) = (t.join("boot"), t.join("blobs"));
     let out = strata(&["image", "create", "-B", s(&boot), "-D", s(&blobs), s(&src)]);

@@ -5,28 +5,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::{noise, path_str as s};
+
+use std::path::PathBuf;
 
 use common::{assert_same, blob_reader, only_blob, snapshot_image, strata, strata_fails, Compare};
 use strata::rafs::reader::Image;
 
 const CHUNK: usize = 0x10000;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// /a (3 chunks), /dup (a copy of /a: shares its chunks), /b (1 chunk), /dir/c (2 chunks),
 /// 64 KiB chunks, zstd. Returns (tmp, bootstrap, blob dir).

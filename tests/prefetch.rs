@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::path::Path;
+use common::{noise, path_str as s};
+
 use std::sync::Arc;
 
 use common::strata;
@@ -14,23 +15,6 @@ use strata::rafs::reader::Image;
 use strata::storage::{ChunkCache, LocalFs};
 
 const CHUNK: usize = 0x10000;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
-}
-
-/// Bytes no other file has (so chunks are not deduplicated by accident).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// An image of /a (3 chunks), /b (1 short chunk), /dup (a copy of /a), /dir/c (2 chunks) and
 /// /dir/link (a symlink), 64 KiB chunks, uncompressed. Returns (tmp, bootstrap, blob dir).

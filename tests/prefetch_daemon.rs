@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{noise, path_str as s};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,22 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use common::{require_root, strata};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A blob server child, killed (by its PID) on drop.
 struct Server {

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{noise, path_str as s};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,22 +20,6 @@ use strata::rafs::reader::Image;
 use strata::storage::{BackendMetrics, BlobBackend, ChunkCache, LocalFs, StorageError};
 
 const CHUNK: usize = 0x10000;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// /big (8 chunks of 64 KiB) and /small (1 chunk), uncompressed.
 fn image() -> (tempfile::TempDir, Image, PathBuf) {

@@ -444,3 +444,22 @@ pub fn fsck_erofs(boot: &Path, blobs: &[PathBuf]) -> Result<(), String> {
         ))
     }
 }
+
+/// `len` deterministic bytes that do not repeat at chunk scale (xorshift from `seed`), so
+/// files made of them share no chunk by accident.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A temporary path as the `&str` command lines take.
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
