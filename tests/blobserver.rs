@@ -195,3 +195,23 @@ fn unix_socket_mode() {
     drop(srv);
     assert!(!sock.exists(), "the socket is removed on drop");
 }
+
+#[test]
+fn concurrent_first_reads_of_a_blob_ask_its_size_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("blob-s"), blob(100_000, 3)).unwrap();
+    let server = start(tmp.path(), &["--latency-ms", "50"]);
+    let b = std::sync::Arc::new(backend(&server.addr));
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let b = b.clone();
+            std::thread::spawn(move || b.read_range("blob-s", i * 1000, 100).unwrap())
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert_eq!(t.join().unwrap(), blob(100_000, 3)[i * 1000..i * 1000 + 100]);
+    }
+    let s = stats(&server.addr);
+    assert_eq!(s["head_requests"], 1, "one HEAD for four first reads: {s}");
+    assert_eq!(s["get_requests"], 4, "{s}");
+}

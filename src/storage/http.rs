@@ -500,6 +500,8 @@ pub struct HttpProxy {
     config: HttpProxyConfig,
     idle: Mutex<Vec<Conn>>,
     sizes: Mutex<HashMap<String, u64>>,
+    /// Held while a HEAD for a size runs, so concurrent first reads of a blob ask once.
+    head_lock: Mutex<()>,
     metrics: BackendMetrics,
 }
 
@@ -572,6 +574,7 @@ impl HttpProxy {
             config,
             idle: Mutex::new(Vec::new()),
             sizes: Mutex::new(HashMap::new()),
+            head_lock: Mutex::new(()),
             metrics: BackendMetrics::new(),
         })
     }
@@ -830,6 +833,11 @@ fn parse_content_range(v: &str, first: u64, last: u64) -> Option<Option<u64>> {
 impl BlobBackend for HttpProxy {
     fn blob_size(&self, blob_id: &str) -> Result<u64, StorageError> {
         validate_blob_id(blob_id)?;
+        if let Some(&size) = self.sizes.lock().get(blob_id) {
+            return Ok(size);
+        }
+        let _one = self.head_lock.lock();
+        // Another thread may have asked while this one waited.
         if let Some(&size) = self.sizes.lock().get(blob_id) {
             return Ok(size);
         }
