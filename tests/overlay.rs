@@ -570,3 +570,33 @@ fn writable_with_a_nydusd_overlay_config_writes_to_the_upper_dir() {
     assert!(std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()) && wh.rdev() == 0);
     assert_eq!(std::fs::read_to_string(d.mnt.join("d/sub/../../a")).unwrap(), "top\nmore\n");
 }
+
+/// Runs a python3 script (as root) in the mount; python3 exposes the raw calls these tests need.
+fn py(dir: &Path, script: &str) -> String {
+    sh(&format!("cd {} && python3 -c '{script}'", dir.display()))
+}
+
+#[test]
+fn a_rewound_directory_handle_sees_entries_created_after_opendir() {
+    let test = "a_rewound_directory_handle_sees_entries_created_after_opendir";
+    if !require_root(test, "FUSE mounts") || !require_tool(test, "python3") {
+        return;
+    }
+    let d = dirs();
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    // generic/471: opendir an empty dir, fill it, rewinddir, readdir. CPython's listdir(fd)
+    // reads through a dup of fd (the same open directory) and rewinds it afterwards.
+    let out = py(
+        &d.mnt,
+        "
+import os
+os.mkdir(\"d\")
+fd = os.open(\"d\", os.O_RDONLY | os.O_DIRECTORY)
+assert os.listdir(fd) == []
+for i in range(100):
+    open(\"d/f%d\" % i, \"w\").close()
+print(len(os.listdir(fd)), len(os.listdir(\"d\")))
+",
+    );
+    assert_eq!(out.trim(), "100 100");
+}

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
@@ -18,6 +19,7 @@ use fuse_backend_rs::api::filesystem::{
     SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 use nix::fcntl::RenameFlags;
+use parking_lot::Mutex;
 
 use super::inode::NodeView;
 use super::upper::{self, child_path, fd_path};
@@ -146,6 +148,27 @@ impl OverlayFs {
                 }
             }
         }
+        Ok(items)
+    }
+
+    /// The listing of open directory `handle` for a READDIR at `offset`: taken anew at offset 0
+    /// (opendir, rewinddir) and kept for the rest of the pass, so offsets stay valid.
+    fn dir_items(&self, inode: u64, handle: u64, offset: u64) -> io::Result<Arc<Vec<DirItem>>> {
+        let o = self.handle(handle)?;
+        let Open::Dir(cur) = o.as_ref() else { return Err(errno(libc::ENOTDIR)) };
+        let mut cur = cur.lock();
+        if let Some(items) = cur.as_ref().filter(|_| offset != 0) {
+            return Ok(items.clone());
+        }
+        let v = self.view(inode)?;
+        let parent_ino = self.view(v.parent).map(|p| p.ino).unwrap_or(v.ino);
+        let mut items = vec![
+            DirItem { name: b".".to_vec(), ino: v.ino, dtype: u32::from(libc::DT_DIR) },
+            DirItem { name: b"..".to_vec(), ino: parent_ino, dtype: u32::from(libc::DT_DIR) },
+        ];
+        items.extend(self.list(&v)?);
+        let items = Arc::new(items);
+        *cur = Some(items.clone());
         Ok(items)
     }
 
@@ -1038,14 +1061,15 @@ impl FileSystem for OverlayFs {
         if !v.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
-        let parent_ino = self.view(v.parent).map(|p| p.ino).unwrap_or(v.ino);
-        let mut items = vec![
-            DirItem { name: b".".to_vec(), ino: v.ino, dtype: u32::from(libc::DT_DIR) },
-            DirItem { name: b"..".to_vec(), ino: parent_ino, dtype: u32::from(libc::DT_DIR) },
-        ];
-        items.extend(self.list(&v)?);
+        // The listing is taken by the first READDIR (at offset 0): a directory opened and read
+        // later must not show what it held at opendir.
+        //
+        // CACHE_DIR lets the kernel keep the listing it read; it tags that cache with the
+        // directory's mtime and change counter as of the READDIR at offset 0 and drops it at the
+        // next pass from offset 0 when either moved, which is safe because that READDIR is
+        // answered with a listing taken after it was sent.
         Ok((
-            Some(self.add_handle(Open::Dir(items))),
+            Some(self.add_handle(Open::Dir(Mutex::new(None)))),
             OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR,
         ))
     }
@@ -1053,14 +1077,13 @@ impl FileSystem for OverlayFs {
     fn readdir(
         &self,
         _ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         _size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let o = self.handle(handle)?;
-        let Open::Dir(items) = o.as_ref() else { return Err(errno(libc::ENOTDIR)) };
+        let items = self.dir_items(inode, handle, offset)?;
         for (i, it) in items.iter().enumerate().skip(offset as usize) {
             let n = add_entry(DirEntry {
                 ino: it.ino,
@@ -1084,8 +1107,7 @@ impl FileSystem for OverlayFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let o = self.handle(handle)?;
-        let Open::Dir(items) = o.as_ref() else { return Err(errno(libc::ENOTDIR)) };
+        let items = self.dir_items(inode, handle, offset)?;
         let v = self.view(inode)?;
         for (i, it) in items.iter().enumerate().skip(offset as usize) {
             let de =

@@ -91,8 +91,10 @@ pub enum Open {
     Lower(File),
     /// A lower file read through its layer.
     Layer(usize, u64),
-    /// A directory listing, snapshot at opendir.
-    Dir(Vec<fs::DirItem>),
+    /// A directory's listing: taken at the first READDIR and again at every READDIR at offset
+    /// 0 (opendir or rewinddir), so offsets stay stable while a pass runs and a new pass sees
+    /// every change made before it started.
+    Dir(Mutex<Option<Arc<Vec<fs::DirItem>>>>),
 }
 
 /// The union filesystem.
