@@ -600,3 +600,33 @@ print(len(os.listdir(fd)), len(os.listdir(\"d\")))
     );
     assert_eq!(out.trim(), "100 100");
 }
+
+#[test]
+fn removed_objects_still_referenced_answer_with_nlink_0() {
+    let test = "removed_objects_still_referenced_answer_with_nlink_0";
+    if !require_root(test, "FUSE mounts") || !require_tool(test, "python3") {
+        return;
+    }
+    let d = dirs();
+    sh(&format!("mkdir {}/lowerdir", d.lower.display()));
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    // generic/035: fstat of an open directory after rmdir and after a rename over it; the cwd
+    // in a removed directory (a handle no longer opens an unlinked inode).
+    let out = py(
+        &d.mnt,
+        "
+import os
+os.mkdir(\"a\"); os.mkdir(\"b\"); os.mkdir(\"c\")
+fa = os.open(\"a\", os.O_RDONLY)
+fb = os.open(\"b\", os.O_RDONLY)
+os.rmdir(\"a\")
+os.rename(\"c\", \"b\")
+fl = os.open(\"lowerdir\", os.O_RDONLY)
+os.rmdir(\"lowerdir\")
+os.fstat(fl)
+os.mkdir(\"cwd\"); os.chdir(\"cwd\"); os.rmdir(\"../cwd\")
+print(os.fstat(fa).st_nlink, os.fstat(fb).st_nlink, os.stat(\".\").st_nlink)
+",
+    );
+    assert_eq!(out.trim(), "0 0 0");
+}

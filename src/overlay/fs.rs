@@ -80,8 +80,7 @@ impl OverlayFs {
 
     /// Upper descriptor of a directory that has one.
     fn dir_fd(&self, v: &NodeView) -> io::Result<OwnedFd> {
-        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-        self.upper.open(h, libc::O_PATH | libc::O_DIRECTORY)
+        self.open_upper(v, libc::O_PATH | libc::O_DIRECTORY)
     }
 
     /// Resolve and install `name` in `parent`, counting a lookup (callers that only need the
@@ -293,8 +292,7 @@ impl OverlayFs {
                 file = Some(File::from(crate::sys::owned_fd(fd)));
             }
             Make::Link(v) => {
-                let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-                let src = self.upper.open(h, libc::O_PATH)?;
+                let src = self.open_upper(v, libc::O_PATH)?;
                 nix::unistd::linkat(
                     None,
                     os(&fd_path(src.as_raw_fd())),
@@ -362,9 +360,13 @@ impl OverlayFs {
             Err(_) => false,
         };
         let mut last_link = true;
+        let mut kept = None;
         if in_upper {
             let real = crate::sys::fstatat(pfd, name)?;
             last_link = dir || real.st_nlink <= 1;
+            if last_link {
+                kept = Some(keep_fd(pfd, name)?);
+            }
         }
         match (in_upper, need_wh) {
             (false, true) => upper::whiteout(pfd, name)?,
@@ -396,15 +398,14 @@ impl OverlayFs {
                 upper::remove_tree(work, &tmp)?;
             }
         }
-        self.table.lock().unlinked(id, p.id, name, last_link);
+        self.table.lock().unlinked(id, p.id, name, last_link, kept);
         Ok(())
     }
 
     /// A directory being moved gets what keeps its content right at the new name: a redirect
     /// to its lower origin, or opacity when it has none but a lower layer has the new name.
     fn prepare_dir_move(&self, v: &NodeView, newp: &NodeView, newname: &[u8]) -> io::Result<()> {
-        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-        let fd = self.upper.open(h, libc::O_PATH | libc::O_DIRECTORY)?;
+        let fd = self.open_upper(v, libc::O_PATH | libc::O_DIRECTORY)?;
         let path = fd_path(fd.as_raw_fd());
         if !v.lowers.is_empty() {
             if let Some(lp) = &v.lower_path {
@@ -510,11 +511,15 @@ impl OverlayFs {
         let work = self.upper.work_fd();
         let at_new = crate::sys::fstatat(nfd, newname).ok();
         let mut last_link = true;
+        let mut kept = None;
         if let Some(st) = &at_new {
             if super::layer::is_whiteout(st) {
                 last_link = false;
             } else {
                 last_link = is_dir(st) || st.st_nlink <= 1;
+                if last_link {
+                    kept = Some(keep_fd(nfd, newname)?);
+                }
                 if is_dir(st) {
                     // The target is empty in the union: only whiteouts can be left inside.
                     clear_dir(nfd, newname)?;
@@ -546,7 +551,7 @@ impl OverlayFs {
         let mut t = self.table.lock();
         t.renamed(sid, np.id, newname);
         if let Some((did, _)) = dst {
-            t.unlinked(did, np.id, newname, last_link);
+            t.unlinked(did, np.id, newname, last_link, kept);
         }
         Ok(())
     }
@@ -559,8 +564,7 @@ impl OverlayFs {
             let path = child_path(pfd.as_raw_fd(), &v.name);
             return Ok((path, Some(pfd), false));
         }
-        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-        let fd = self.upper.open(h, libc::O_PATH)?;
+        let fd = self.open_upper(v, libc::O_PATH)?;
         Ok((fd_path(fd.as_raw_fd()), Some(fd), true))
     }
 
@@ -586,6 +590,18 @@ impl OverlayFs {
         }
         Ok(out)
     }
+}
+
+/// An O_PATH descriptor of `dirfd`/`name`, taken before the object's last name goes (see
+/// `Node::kept`).
+fn keep_fd(dirfd: i32, name: &[u8]) -> io::Result<OwnedFd> {
+    let fd = nix::fcntl::openat(
+        Some(dirfd),
+        os(name),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    Ok(crate::sys::owned_fd(fd))
 }
 
 fn set_private_follow(path: &[u8], name: &str, value: &[u8]) -> io::Result<()> {
@@ -695,8 +711,7 @@ impl FileSystem for OverlayFs {
     ) -> io::Result<(stat64, Duration)> {
         let truncating = valid.contains(SetattrValid::SIZE) && attr.st_size == 0;
         let v = self.copy_up(inode, !truncating)?;
-        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-        let fd = self.upper.open(h, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let fd = self.open_upper(&v, libc::O_PATH | libc::O_NOFOLLOW)?;
         let raw = fd.as_raw_fd();
         if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
             let uid =
@@ -713,7 +728,7 @@ impl FileSystem for OverlayFs {
             match open.as_deref() {
                 Some(Open::Upper(f)) => f.set_len(attr.st_size as u64)?,
                 _ => {
-                    let f = File::from(self.upper.open(h, libc::O_WRONLY)?);
+                    let f = File::from(self.open_upper(&v, libc::O_WRONLY)?);
                     f.set_len(attr.st_size as u64)?;
                 }
             }
@@ -839,9 +854,9 @@ impl FileSystem for OverlayFs {
             OpenOptions::KEEP_CACHE
         };
         let open = match &v.upper {
-            Some(h) => {
+            Some(_) => {
                 let f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
-                Open::Upper(File::from(self.upper.open(h, f)?))
+                Open::Upper(File::from(self.open_upper(&v, f)?))
             }
             None => {
                 let &(l, id) = v.lowers.first().ok_or_else(|| errno(libc::ESTALE))?;
@@ -1142,8 +1157,8 @@ impl FileSystem for OverlayFs {
         _handle: u64,
     ) -> io::Result<()> {
         let v = self.view(inode)?;
-        if let Some(h) = &v.upper {
-            File::from(self.upper.open(h, libc::O_RDONLY | libc::O_DIRECTORY)?).sync_all()?;
+        if v.upper.is_some() || v.kept.is_some() {
+            File::from(self.open_upper(&v, libc::O_RDONLY | libc::O_DIRECTORY)?).sync_all()?;
         }
         Ok(())
     }
