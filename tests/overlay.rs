@@ -630,3 +630,28 @@ print(os.fstat(fa).st_nlink, os.fstat(fb).st_nlink, os.stat(\".\").st_nlink)
     );
     assert_eq!(out.trim(), "0 0 0");
 }
+
+#[test]
+fn a_file_opened_with_o_direct_can_be_mapped_shared() {
+    let test = "a_file_opened_with_o_direct_can_be_mapped_shared";
+    if !require_root(test, "FUSE mounts") || !require_tool(test, "python3") {
+        return;
+    }
+    let d = dirs();
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    // generic/091, 263 (fsx -Z): shared mmap of an O_DIRECT descriptor (ENODEV under
+    // FOPEN_DIRECT_IO without FUSE_DIRECT_IO_ALLOW_MMAP).
+    let out = py(
+        &d.mnt,
+        "
+import mmap, os
+fd = os.open(\"f\", os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o644)
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096, mmap.MAP_SHARED)
+m[0:5] = b\"hello\"
+m.flush()
+print(open(\"f\", \"rb\").read(5).decode())
+",
+    );
+    assert_eq!(out.trim(), "hello");
+}

@@ -623,6 +623,17 @@ fn clear_dir(dirfd: i32, name: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Open options of a regular file, also when it is opened with O_DIRECT.
+///
+/// FOPEN_DIRECT_IO would make the kernel refuse shared mmap of the file (ENODEV) unless INIT
+/// negotiated FUSE_DIRECT_IO_ALLOW_MMAP (bit 36, in flags2), which fuse-backend-rs 0.14 cannot
+/// express: it drops capability bits it has no name for. Without it the kernel still serves an
+/// O_DIRECT descriptor without its page cache (its direct_IO path sends READ/WRITE for exactly
+/// the range and writes back and drops cached pages around it), and mmap works.
+fn file_open_options() -> OpenOptions {
+    OpenOptions::KEEP_CACHE
+}
+
 fn timespec(
     valid: SetattrValid,
     set: SetattrValid,
@@ -848,11 +859,7 @@ impl FileSystem for OverlayFs {
         let trunc = flags & libc::O_TRUNC != 0;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY || trunc;
         let v = if write { self.copy_up(inode, !trunc)? } else { self.view(inode)? };
-        let opts = if flags & libc::O_DIRECT != 0 {
-            OpenOptions::DIRECT_IO
-        } else {
-            OpenOptions::KEEP_CACHE
-        };
+        let opts = file_open_options();
         let open = match &v.upper {
             Some(_) => {
                 let f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
@@ -879,11 +886,7 @@ impl FileSystem for OverlayFs {
         let (id, st, file) =
             self.make(ctx, parent, name.to_bytes(), Make::File(args.mode, args.flags))?;
         let file = file.ok_or_else(|| errno(libc::EIO))?;
-        let opts = if args.flags as i32 & libc::O_DIRECT != 0 {
-            OpenOptions::DIRECT_IO
-        } else {
-            OpenOptions::KEEP_CACHE
-        };
+        let opts = file_open_options();
         let h = self.add_handle(Open::Upper(file));
         Ok((self.entry(id, st), Some(h), opts, None))
     }
