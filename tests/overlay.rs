@@ -655,3 +655,30 @@ print(open(\"f\", \"rb\").read(5).decode())
     );
     assert_eq!(out.trim(), "hello");
 }
+
+#[test]
+fn unprivileged_writes_clear_set_id_bits() {
+    let test = "unprivileged_writes_clear_set_id_bits";
+    if !require_root(test, "FUSE mounts, user switching") || !require_tool(test, "xfs_io") {
+        return;
+    }
+    if Command::new("id").arg("tests").output().map_or(true, |o| !o.status.success()) {
+        panic!("{test}: user `tests` is missing (scripts/install-deps.sh creates it)");
+    }
+    let d = dirs();
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    let mnt = d.mnt.display().to_string();
+    // generic/355, 683-685: the daemon changes the upper file as root, which keeps set-ID bits;
+    // the user `tests` is not in the file's group (root), so S_ISGID goes without group-exec too.
+    sh(&format!("mkdir -m 777 {mnt}/d && for f in w t a; do echo x > {mnt}/d/$f; done"));
+    sh(&format!("chmod 6666 {mnt}/d/w {mnt}/d/t {mnt}/d/a"));
+    sh(&format!(
+        "su tests -s /bin/sh -c 'echo y >> {mnt}/d/w && truncate -s 1 {mnt}/d/t && \
+         xfs_io -c \"falloc 0 64k\" {mnt}/d/a'"
+    ));
+    let modes = sh(&format!("stat -c %a {mnt}/d/w {mnt}/d/t {mnt}/d/a"));
+    assert_eq!(modes.split_whitespace().collect::<Vec<_>>(), ["666", "666", "666"]);
+    // Root keeps them (CAP_FSETID).
+    sh(&format!("chmod 6666 {mnt}/d/w && echo z >> {mnt}/d/w"));
+    assert_eq!(sh(&format!("stat -c %a {mnt}/d/w")).trim(), "6666");
+}

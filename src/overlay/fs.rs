@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, WRITE_KILL_PRIV};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
     SetattrValid, ZeroCopyReader, ZeroCopyWriter,
@@ -634,6 +634,48 @@ fn file_open_options() -> OpenOptions {
     OpenOptions::KEEP_CACHE
 }
 
+/// Clear set-user-ID and set-group-ID of the upper file `fd` after `ctx` changed its data or
+/// size without privilege, by the VFS rule (`setattr_should_drop_suidgid`): S_ISUID always;
+/// S_ISGID when group-exec is set (otherwise it marks mandatory locking) or the caller is not
+/// in the file's group.
+///
+/// The kernel asks for this with FUSE_WRITE_KILL_SUIDGID on writes of its direct-I/O path;
+/// otherwise it sends the new mode in a SETATTR itself (see `setattr`). HANDLE_KILLPRIV_V2,
+/// which would leave truncate and open(O_TRUNC) to us too, is not negotiated: the kernel then
+/// keeps the mode it cached across a write, and stat shows the bits we cleared until the
+/// attribute timeout. The daemon writes as root, so the upper filesystem never clears the bits
+/// on its own. security.capability needs nothing here: the upper filesystem drops it at every
+/// write, truncate and chown, by root too.
+fn kill_suidgid(ctx: &Context, fd: i32) -> io::Result<()> {
+    let st = crate::sys::fstatat(fd, b"")?;
+    let mode = st.st_mode & 0o7777;
+    let mut kill = mode & libc::S_ISUID;
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !caller_in_group(ctx, st.st_gid))
+    {
+        kill |= libc::S_ISGID;
+    }
+    if kill == 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    upper::chmod(&fd_path(fd), mode & !kill)
+}
+
+/// Whether the calling process has `gid` as its (fs) group or among its supplementary groups.
+/// FUSE requests carry only the fsgid; the supplementary list is read from /proc, and when the
+/// process is gone the answer is what the fsgid alone says.
+fn caller_in_group(ctx: &Context, gid: u32) -> bool {
+    if ctx.gid == gid {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", ctx.pid)) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+}
+
 fn timespec(
     valid: SetattrValid,
     set: SetattrValid,
@@ -714,7 +756,7 @@ impl FileSystem for OverlayFs {
 
     fn setattr(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         attr: stat64,
         handle: Option<u64>,
@@ -732,7 +774,20 @@ impl FileSystem for OverlayFs {
             nix::unistd::fchownat(Some(raw), "", uid, gid, nix::fcntl::AtFlags::AT_EMPTY_PATH)?;
         }
         if valid.contains(SetattrValid::MODE) {
-            upper::chmod(&fd_path(raw), attr.st_mode)?;
+            let mut mode = attr.st_mode;
+            if mode & libc::S_ISGID != 0 && ctx.uid != 0 {
+                // Without HANDLE_KILLPRIV the kernel clears set-ID bits after a write,
+                // truncate or fallocate by sending this mode, computed by the old rule (S_ISGID
+                // only with group-exec); the VFS also clears S_ISGID when the caller is not
+                // in the file's group. A chmod by such a caller never keeps S_ISGID either
+                // (the VFS strips it before it reaches us), so the rule holds for every mode
+                // change of an unprivileged caller.
+                let gid = crate::sys::fstatat(raw, b"")?.st_gid;
+                if !caller_in_group(ctx, gid) {
+                    mode &= !libc::S_ISGID;
+                }
+            }
+            upper::chmod(&fd_path(raw), mode)?;
         }
         if valid.contains(SetattrValid::SIZE) {
             let open = handle.and_then(|h| self.handle(h).ok());
@@ -917,7 +972,7 @@ impl FileSystem for OverlayFs {
 
     fn write(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         _inode: u64,
         handle: u64,
         r: &mut dyn ZeroCopyReader,
@@ -926,10 +981,15 @@ impl FileSystem for OverlayFs {
         _lock_owner: Option<u64>,
         _delayed_write: bool,
         _flags: u32,
-        _fuse_flags: u32,
+        fuse_flags: u32,
     ) -> io::Result<usize> {
         match self.handle(handle)?.as_ref() {
-            Open::Upper(f) => crate::sys::with_file_mut(f, |f| r.read_to(f, size as usize, offset)),
+            Open::Upper(f) => {
+                if fuse_flags & WRITE_KILL_PRIV != 0 {
+                    kill_suidgid(ctx, f.as_raw_fd())?;
+                }
+                crate::sys::with_file_mut(f, |f| r.read_to(f, size as usize, offset))
+            }
             _ => Err(errno(libc::EBADF)),
         }
     }
