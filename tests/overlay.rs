@@ -682,3 +682,33 @@ fn unprivileged_writes_clear_set_id_bits() {
     sh(&format!("chmod 6666 {mnt}/d/w && echo z >> {mnt}/d/w"));
     assert_eq!(sh(&format!("stat -c %a {mnt}/d/w")).trim(), "6666");
 }
+
+#[test]
+fn default_acls_replace_the_umask_and_are_inherited() {
+    let test = "default_acls_replace_the_umask_and_are_inherited";
+    if !require_root(test, "FUSE mounts") || !require_tool(test, "setfacl") {
+        return;
+    }
+    let d = dirs();
+    // A lower dir with a default ACL and a file, so a create over its whiteout is built in the
+    // staging dir (which has no default ACL) and must inherit by hand.
+    sh(&format!(
+        "mkdir {0}/acl && echo x > {0}/acl/w && setfacl -d -m u::r-x,g::rwx,o::--- {0}/acl",
+        d.lower.display()
+    ));
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    let mnt = d.mnt.display().to_string();
+    // generic/099, 319: a default ACL replaces the umask; the new object's mode and ACL are the
+    // default ACL masked by the requested mode.
+    sh(&format!(
+        "cd {mnt} && rm acl/w && mkdir plain && umask 722 && touch acl/f acl/w plain/f && \
+         mkdir acl/d"
+    ));
+    let modes = sh(&format!("cd {mnt} && stat -c %A acl/f acl/w acl/d plain/f"));
+    assert_eq!(
+        modes.split_whitespace().collect::<Vec<_>>(),
+        ["-r--rw----", "-r--rw----", "dr-xrwx---", "----r--r--"]
+    );
+    let acl = sh(&format!("getfacl -c {mnt}/acl/d"));
+    assert!(acl.contains("default:group::rwx"), "{acl}");
+}

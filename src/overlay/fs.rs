@@ -28,6 +28,11 @@ use super::{errno, is_dir, Open, OverlayFs};
 /// Longest name (NAME_MAX).
 const NAME_MAX: usize = 255;
 
+/// The xattr holding a POSIX access ACL (the kernel enforces it: FUSE_POSIX_ACL).
+const ACL_ACCESS: &str = "system.posix_acl_access";
+/// The xattr holding a directory's default ACL, inherited by what is created in it.
+const ACL_DEFAULT: &str = "system.posix_acl_default";
+
 /// One entry of a merged directory listing.
 #[derive(Clone, Debug)]
 pub struct DirItem {
@@ -171,13 +176,15 @@ impl OverlayFs {
         Ok(items)
     }
 
-    /// Create `name` in `parent`.
+    /// Create `name` in `parent`; `umask` is the caller's (the kernel leaves it to us, since
+    /// a default ACL of the parent replaces it).
     fn make(
         &self,
         ctx: &Context,
         parent: u64,
         name: &[u8],
         what: Make<'_>,
+        umask: u32,
     ) -> io::Result<(u64, stat64, Option<File>)> {
         check_name(name)?;
         let p = self.copy_up(parent, true)?;
@@ -200,7 +207,7 @@ impl OverlayFs {
         } else {
             (pfd, name)
         };
-        let made = self.make_at(ctx, pfd, tdir, tname, &what);
+        let made = self.make_at(ctx, pfd, tdir, tname, &what, umask);
         let file = match made {
             Ok(f) => f,
             Err(e) => {
@@ -243,7 +250,9 @@ impl OverlayFs {
         Ok((id, st, file))
     }
 
-    /// Create the object in `tdir`/`tname` with the caller's ownership.
+    /// Create the object in `tdir`/`tname` (the parent `pfd`, or the staging dir when it
+    /// replaces a whiteout) with the caller's ownership, and the parent's default ACL or else
+    /// the caller's `umask` applied to its mode.
     fn make_at(
         &self,
         ctx: &Context,
@@ -251,14 +260,23 @@ impl OverlayFs {
         tdir: i32,
         tname: &[u8],
         what: &Make<'_>,
+        umask: u32,
     ) -> io::Result<Option<File>> {
         use nix::sys::stat::{Mode, SFlag};
         let n = os(tname);
         let mut file = None;
         let mut mode = 0;
+        let default_acl = match xattr::get_deref(upper::as_path(&fd_path(pfd)), ACL_DEFAULT) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => None,
+            Err(e) => return Err(e),
+        };
+        // With a default ACL the new object's permissions come from it (the upper filesystem
+        // applies it when creating in the parent itself); without one the umask applies.
+        let umask = if default_acl.is_some() { 0 } else { umask & 0o777 };
         match *what {
             Make::Dir(m) => {
-                mode = m & 0o7777;
+                mode = m & 0o7777 & !umask;
                 nix::sys::stat::mkdirat(Some(tdir), n, Mode::from_bits_truncate(mode))?
             }
             Make::Node(m, rdev) => {
@@ -267,7 +285,7 @@ impl OverlayFs {
                     // 0/0 is the whiteout encoding; kernel overlayfs refuses it too.
                     return Err(errno(libc::EPERM));
                 }
-                mode = m & 0o7777;
+                mode = m & 0o7777 & !umask;
                 nix::sys::stat::mknodat(
                     Some(tdir),
                     n,
@@ -278,7 +296,7 @@ impl OverlayFs {
             }
             Make::Symlink(target) => nix::unistd::symlinkat(os(target), Some(tdir), n)?,
             Make::File(m, flags) => {
-                mode = m & 0o7777;
+                mode = m & 0o7777 & !umask;
                 let keep = flags as i32
                     & (libc::O_ACCMODE | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC);
                 let fd = nix::fcntl::openat(
@@ -303,18 +321,33 @@ impl OverlayFs {
                 return Ok(None);
             }
         }
+        let mut st = crate::sys::fstatat(tdir, tname)?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        if let (Some(acl), false, true) = (&default_acl, is_link, tdir != pfd) {
+            // Built in the staging dir, which has no default ACL: inherit the parent's by hand.
+            // Setting the access ACL sets the permission bits from it; a chmod to those bits
+            // masked by the requested mode then masks the ACL the way creation does.
+            let path = child_path(tdir, tname);
+            crate::sys::lsetxattr(&path, ACL_ACCESS.as_bytes(), acl, 0, false)?;
+            if is_dir {
+                crate::sys::lsetxattr(&path, ACL_DEFAULT.as_bytes(), acl, 0, false)?;
+            }
+            let from_acl = crate::sys::fstatat(tdir, tname)?.st_mode;
+            upper::chmod(&path, (mode & !0o777) | (mode & from_acl & 0o777))?;
+            st = crate::sys::fstatat(tdir, tname)?;
+        }
         // Owner: the caller, or the directory's group under a setgid directory.
         let pst = crate::sys::fstatat(pfd, b"")?;
         let sgid_dir = pst.st_mode & libc::S_ISGID != 0;
         let gid = if sgid_dir { pst.st_gid } else { ctx.gid };
-        let st = crate::sys::fstatat(tdir, tname)?;
-        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let chowned = st.st_uid != ctx.uid || st.st_gid != gid;
         if chowned {
             upper::chown(tdir, tname, ctx.uid, gid)?;
         }
-        let want = if is_dir && sgid_dir { mode | libc::S_ISGID } else { mode };
-        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        // What creation gave it (the requested mode, or masked by a default ACL).
+        let made = st.st_mode & 0o7777;
+        let want = if is_dir && sgid_dir { made | libc::S_ISGID } else { made };
         if !is_link {
             // chown may have cleared setuid/setgid: look again only then.
             let now = if chowned { crate::sys::fstatat(tdir, tname)? } else { st };
@@ -706,7 +739,9 @@ impl FileSystem for OverlayFs {
                 | FsOptions::READDIRPLUS_AUTO
                 | FsOptions::ATOMIC_O_TRUNC
                 | FsOptions::CACHE_SYMLINKS
-                | FsOptions::AUTO_INVAL_DATA))
+                | FsOptions::AUTO_INVAL_DATA
+                | FsOptions::POSIX_ACL
+                | FsOptions::DONT_MASK))
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -845,7 +880,7 @@ impl FileSystem for OverlayFs {
         name: &CStr,
     ) -> io::Result<Entry> {
         let (id, st, _) =
-            self.make(ctx, parent, name.to_bytes(), Make::Symlink(linkname.to_bytes()))?;
+            self.make(ctx, parent, name.to_bytes(), Make::Symlink(linkname.to_bytes()), 0)?;
         Ok(self.entry(id, st))
     }
 
@@ -856,9 +891,9 @@ impl FileSystem for OverlayFs {
         name: &CStr,
         mode: u32,
         rdev: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
-        let (id, st, _) = self.make(ctx, parent, name.to_bytes(), Make::Node(mode, rdev))?;
+        let (id, st, _) = self.make(ctx, parent, name.to_bytes(), Make::Node(mode, rdev), umask)?;
         Ok(self.entry(id, st))
     }
 
@@ -868,9 +903,9 @@ impl FileSystem for OverlayFs {
         parent: u64,
         name: &CStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
-        let (id, st, _) = self.make(ctx, parent, name.to_bytes(), Make::Dir(mode))?;
+        let (id, st, _) = self.make(ctx, parent, name.to_bytes(), Make::Dir(mode), umask)?;
         Ok(self.entry(id, st))
     }
 
@@ -899,7 +934,7 @@ impl FileSystem for OverlayFs {
         if v.is_dir() {
             return Err(errno(libc::EPERM));
         }
-        let (id, st, _) = self.make(ctx, newparent, newname.to_bytes(), Make::Link(&v))?;
+        let (id, st, _) = self.make(ctx, newparent, newname.to_bytes(), Make::Link(&v), 0)?;
         Ok(self.entry(id, st))
     }
 
@@ -939,7 +974,7 @@ impl FileSystem for OverlayFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let (id, st, file) =
-            self.make(ctx, parent, name.to_bytes(), Make::File(args.mode, args.flags))?;
+            self.make(ctx, parent, name.to_bytes(), Make::File(args.mode, args.flags), args.umask)?;
         let file = file.ok_or_else(|| errno(libc::EIO))?;
         let opts = file_open_options();
         let h = self.add_handle(Open::Upper(file));
@@ -1052,7 +1087,7 @@ impl FileSystem for OverlayFs {
 
     fn setxattr(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         name: &CStr,
         value: &[u8],
@@ -1062,8 +1097,22 @@ impl FileSystem for OverlayFs {
             return Err(errno(libc::EPERM));
         }
         let v = self.copy_up(inode, true)?;
-        let (path, _fd, follow) = self.xattr_path(&v)?;
-        crate::sys::lsetxattr(&path, name.to_bytes(), value, flags as i32, follow)
+        let (path, fd, follow) = self.xattr_path(&v)?;
+        crate::sys::lsetxattr(&path, name.to_bytes(), value, flags as i32, follow)?;
+        if let (true, Some(fd)) = (
+            name.to_bytes() == ACL_ACCESS.as_bytes() && ctx.uid != 0,
+            follow.then_some(fd).flatten(),
+        ) {
+            // The upper filesystem set the mode from the ACL for root, keeping S_ISGID; the
+            // caller would lose it outside the file's group (posix_acl_update_mode). The kernel
+            // flags that (FUSE_SETXATTR_ACL_KILL_SGID) only with SETXATTR_EXT, which
+            // fuse-backend-rs 0.14 does not negotiate.
+            let st = crate::sys::fstatat(fd.as_raw_fd(), b"")?;
+            if st.st_mode & libc::S_ISGID != 0 && !caller_in_group(ctx, st.st_gid) {
+                upper::chmod(&path, st.st_mode & 0o7777 & !libc::S_ISGID)?;
+            }
+        }
+        Ok(())
     }
 
     fn getxattr(
