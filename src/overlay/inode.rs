@@ -374,6 +374,23 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_directory_keeps_its_descriptor_and_merges_nothing() {
+        let mut t = Table::new(handle(0), 2, vec![(0, 1)], None, 100);
+        let mut r = lower(0, 7, 7);
+        r.upper = Some((handle(1), crate::sys::zeroed_stat64(), None));
+        r.upper.as_mut().unwrap().1.st_ino = 60;
+        let d = t.install(ROOT, b"d", &r, libc::S_IFDIR, 77);
+        let fd: OwnedFd = std::fs::File::open(std::env::temp_dir()).unwrap().into();
+        t.unlinked(d, ROOT, b"d", true, Some(fd));
+        let v = t.view(d).unwrap();
+        assert!(v.kept.is_some());
+        assert!(v.lowers.is_empty());
+        // Its upper inode number may be recycled by a new object, which gets a new node.
+        let e = t.created(ROOT, b"e", libc::S_IFDIR, handle(2), 60, 60);
+        assert_ne!(d, e);
+    }
+
+    #[test]
     fn created_objects_are_found_by_upper_inode_and_recycled_inodes_get_new_nodes() {
         let mut t = Table::new(handle(0), 2, vec![], None, 2);
         let a = t.created(ROOT, b"a", libc::S_IFREG, handle(1), 50, 50);
