@@ -570,3 +570,145 @@ fn writable_with_a_nydusd_overlay_config_writes_to_the_upper_dir() {
     assert!(std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()) && wh.rdev() == 0);
     assert_eq!(std::fs::read_to_string(d.mnt.join("d/sub/../../a")).unwrap(), "top\nmore\n");
 }
+
+/// Runs a python3 script (as root) in the mount; python3 exposes the raw calls these tests need.
+fn py(dir: &Path, script: &str) -> String {
+    sh(&format!("cd {} && python3 -c '{script}'", dir.display()))
+}
+
+#[test]
+fn a_rewound_directory_handle_sees_entries_created_after_opendir() {
+    let test = "a_rewound_directory_handle_sees_entries_created_after_opendir";
+    if !require_root(test, "FUSE mounts") || !require_tool(test, "python3") {
+        return;
+    }
+    let d = dirs();
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    // generic/471: opendir an empty dir, fill it, rewinddir, readdir. CPython's listdir(fd)
+    // reads through a dup of fd (the same open directory) and rewinds it afterwards.
+    let out = py(
+        &d.mnt,
+        "
+import os
+os.mkdir(\"d\")
+fd = os.open(\"d\", os.O_RDONLY | os.O_DIRECTORY)
+assert os.listdir(fd) == []
+for i in range(100):
+    open(\"d/f%d\" % i, \"w\").close()
+print(len(os.listdir(fd)), len(os.listdir(\"d\")))
+",
+    );
+    assert_eq!(out.trim(), "100 100");
+}
+
+#[test]
+fn removed_objects_still_referenced_answer_with_nlink_0() {
+    let test = "removed_objects_still_referenced_answer_with_nlink_0";
+    if !require_root(test, "FUSE mounts") || !require_tool(test, "python3") {
+        return;
+    }
+    let d = dirs();
+    sh(&format!("mkdir {}/lowerdir", d.lower.display()));
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    // generic/035: fstat of an open directory after rmdir and after a rename over it; the cwd
+    // in a removed directory (a handle no longer opens an unlinked inode).
+    let out = py(
+        &d.mnt,
+        "
+import os
+os.mkdir(\"a\"); os.mkdir(\"b\"); os.mkdir(\"c\")
+fa = os.open(\"a\", os.O_RDONLY)
+fb = os.open(\"b\", os.O_RDONLY)
+os.rmdir(\"a\")
+os.rename(\"c\", \"b\")
+fl = os.open(\"lowerdir\", os.O_RDONLY)
+os.rmdir(\"lowerdir\")
+os.fstat(fl)
+os.mkdir(\"cwd\"); os.chdir(\"cwd\"); os.rmdir(\"../cwd\")
+print(os.fstat(fa).st_nlink, os.fstat(fb).st_nlink, os.stat(\".\").st_nlink)
+",
+    );
+    assert_eq!(out.trim(), "0 0 0");
+}
+
+#[test]
+fn a_file_opened_with_o_direct_can_be_mapped_shared() {
+    let test = "a_file_opened_with_o_direct_can_be_mapped_shared";
+    if !require_root(test, "FUSE mounts") || !require_tool(test, "python3") {
+        return;
+    }
+    let d = dirs();
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    // generic/091, 263 (fsx -Z): shared mmap of an O_DIRECT descriptor (ENODEV under
+    // FOPEN_DIRECT_IO without FUSE_DIRECT_IO_ALLOW_MMAP).
+    let out = py(
+        &d.mnt,
+        "
+import mmap, os
+fd = os.open(\"f\", os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o644)
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096, mmap.MAP_SHARED)
+m[0:5] = b\"hello\"
+m.flush()
+print(open(\"f\", \"rb\").read(5).decode())
+",
+    );
+    assert_eq!(out.trim(), "hello");
+}
+
+#[test]
+fn unprivileged_writes_clear_set_id_bits() {
+    let test = "unprivileged_writes_clear_set_id_bits";
+    if !require_root(test, "FUSE mounts, user switching") || !require_tool(test, "xfs_io") {
+        return;
+    }
+    if Command::new("id").arg("tests").output().map_or(true, |o| !o.status.success()) {
+        panic!("{test}: user `tests` is missing (scripts/install-deps.sh creates it)");
+    }
+    let d = dirs();
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    let mnt = d.mnt.display().to_string();
+    // generic/355, 683-685: the daemon changes the upper file as root, which keeps set-ID bits;
+    // the user `tests` is not in the file's group (root), so S_ISGID goes without group-exec too.
+    sh(&format!("mkdir -m 777 {mnt}/d && for f in w t a; do echo x > {mnt}/d/$f; done"));
+    sh(&format!("chmod 6666 {mnt}/d/w {mnt}/d/t {mnt}/d/a"));
+    sh(&format!(
+        "su tests -s /bin/sh -c 'echo y >> {mnt}/d/w && truncate -s 1 {mnt}/d/t && \
+         xfs_io -c \"falloc 0 64k\" {mnt}/d/a'"
+    ));
+    let modes = sh(&format!("stat -c %a {mnt}/d/w {mnt}/d/t {mnt}/d/a"));
+    assert_eq!(modes.split_whitespace().collect::<Vec<_>>(), ["666", "666", "666"]);
+    // Root keeps them (CAP_FSETID).
+    sh(&format!("chmod 6666 {mnt}/d/w && echo z >> {mnt}/d/w"));
+    assert_eq!(sh(&format!("stat -c %a {mnt}/d/w")).trim(), "6666");
+}
+
+#[test]
+fn default_acls_replace_the_umask_and_are_inherited() {
+    let test = "default_acls_replace_the_umask_and_are_inherited";
+    if !require_root(test, "FUSE mounts") || !require_tool(test, "setfacl") {
+        return;
+    }
+    let d = dirs();
+    // A lower dir with a default ACL and a file, so a create over its whiteout is built in the
+    // staging dir (which has no default ACL) and must inherit by hand.
+    sh(&format!(
+        "mkdir {0}/acl && echo x > {0}/acl/w && setfacl -d -m u::r-x,g::rwx,o::--- {0}/acl",
+        d.lower.display()
+    ));
+    let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    let mnt = d.mnt.display().to_string();
+    // generic/099, 319: a default ACL replaces the umask; the new object's mode and ACL are the
+    // default ACL masked by the requested mode.
+    sh(&format!(
+        "cd {mnt} && rm acl/w && mkdir plain && umask 722 && touch acl/f acl/w plain/f && \
+         mkdir acl/d"
+    ));
+    let modes = sh(&format!("cd {mnt} && stat -c %A acl/f acl/w acl/d plain/f"));
+    assert_eq!(
+        modes.split_whitespace().collect::<Vec<_>>(),
+        ["-r--rw----", "-r--rw----", "dr-xrwx---", "----r--r--"]
+    );
+    let acl = sh(&format!("getfacl -c {mnt}/acl/d"));
+    assert!(acl.contains("default:group::rwx"), "{acl}");
+}

@@ -10,14 +10,16 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, WRITE_KILL_PRIV};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
     SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 use nix::fcntl::RenameFlags;
+use parking_lot::Mutex;
 
 use super::inode::NodeView;
 use super::upper::{self, child_path, fd_path};
@@ -25,6 +27,11 @@ use super::{errno, is_dir, Open, OverlayFs};
 
 /// Longest name (NAME_MAX).
 const NAME_MAX: usize = 255;
+
+/// The xattr holding a POSIX access ACL (the kernel enforces it: FUSE_POSIX_ACL).
+const ACL_ACCESS: &str = "system.posix_acl_access";
+/// The xattr holding a directory's default ACL, inherited by what is created in it.
+const ACL_DEFAULT: &str = "system.posix_acl_default";
 
 /// One entry of a merged directory listing.
 #[derive(Clone, Debug)]
@@ -78,8 +85,7 @@ impl OverlayFs {
 
     /// Upper descriptor of a directory that has one.
     fn dir_fd(&self, v: &NodeView) -> io::Result<OwnedFd> {
-        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-        self.upper.open(h, libc::O_PATH | libc::O_DIRECTORY)
+        self.open_upper(v, libc::O_PATH | libc::O_DIRECTORY)
     }
 
     /// Resolve and install `name` in `parent`, counting a lookup (callers that only need the
@@ -149,13 +155,36 @@ impl OverlayFs {
         Ok(items)
     }
 
-    /// Create `name` in `parent`.
+    /// The listing of open directory `handle` for a READDIR at `offset`: taken anew at offset 0
+    /// (opendir, rewinddir) and kept for the rest of the pass, so offsets stay valid.
+    fn dir_items(&self, inode: u64, handle: u64, offset: u64) -> io::Result<Arc<Vec<DirItem>>> {
+        let o = self.handle(handle)?;
+        let Open::Dir(cur) = o.as_ref() else { return Err(errno(libc::ENOTDIR)) };
+        let mut cur = cur.lock();
+        if let Some(items) = cur.as_ref().filter(|_| offset != 0) {
+            return Ok(items.clone());
+        }
+        let v = self.view(inode)?;
+        let parent_ino = self.view(v.parent).map(|p| p.ino).unwrap_or(v.ino);
+        let mut items = vec![
+            DirItem { name: b".".to_vec(), ino: v.ino, dtype: u32::from(libc::DT_DIR) },
+            DirItem { name: b"..".to_vec(), ino: parent_ino, dtype: u32::from(libc::DT_DIR) },
+        ];
+        items.extend(self.list(&v)?);
+        let items = Arc::new(items);
+        *cur = Some(items.clone());
+        Ok(items)
+    }
+
+    /// Create `name` in `parent`; `umask` is the caller's (the kernel leaves it to us, since
+    /// a default ACL of the parent replaces it).
     fn make(
         &self,
         ctx: &Context,
         parent: u64,
         name: &[u8],
         what: Make<'_>,
+        umask: u32,
     ) -> io::Result<(u64, stat64, Option<File>)> {
         check_name(name)?;
         let p = self.copy_up(parent, true)?;
@@ -178,7 +207,7 @@ impl OverlayFs {
         } else {
             (pfd, name)
         };
-        let made = self.make_at(ctx, pfd, tdir, tname, &what);
+        let made = self.make_at(ctx, pfd, tdir, tname, &what, umask);
         let file = match made {
             Ok(f) => f,
             Err(e) => {
@@ -221,7 +250,9 @@ impl OverlayFs {
         Ok((id, st, file))
     }
 
-    /// Create the object in `tdir`/`tname` with the caller's ownership.
+    /// Create the object in `tdir`/`tname` (the parent `pfd`, or the staging dir when it
+    /// replaces a whiteout) with the caller's ownership, and the parent's default ACL or else
+    /// the caller's `umask` applied to its mode.
     fn make_at(
         &self,
         ctx: &Context,
@@ -229,14 +260,23 @@ impl OverlayFs {
         tdir: i32,
         tname: &[u8],
         what: &Make<'_>,
+        umask: u32,
     ) -> io::Result<Option<File>> {
         use nix::sys::stat::{Mode, SFlag};
         let n = os(tname);
         let mut file = None;
         let mut mode = 0;
+        let default_acl = match xattr::get_deref(upper::as_path(&fd_path(pfd)), ACL_DEFAULT) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => None,
+            Err(e) => return Err(e),
+        };
+        // With a default ACL the new object's permissions come from it (the upper filesystem
+        // applies it when creating in the parent itself); without one the umask applies.
+        let umask = if default_acl.is_some() { 0 } else { umask & 0o777 };
         match *what {
             Make::Dir(m) => {
-                mode = m & 0o7777;
+                mode = m & 0o7777 & !umask;
                 nix::sys::stat::mkdirat(Some(tdir), n, Mode::from_bits_truncate(mode))?
             }
             Make::Node(m, rdev) => {
@@ -245,7 +285,7 @@ impl OverlayFs {
                     // 0/0 is the whiteout encoding; kernel overlayfs refuses it too.
                     return Err(errno(libc::EPERM));
                 }
-                mode = m & 0o7777;
+                mode = m & 0o7777 & !umask;
                 nix::sys::stat::mknodat(
                     Some(tdir),
                     n,
@@ -256,7 +296,7 @@ impl OverlayFs {
             }
             Make::Symlink(target) => nix::unistd::symlinkat(os(target), Some(tdir), n)?,
             Make::File(m, flags) => {
-                mode = m & 0o7777;
+                mode = m & 0o7777 & !umask;
                 let keep = flags as i32
                     & (libc::O_ACCMODE | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC);
                 let fd = nix::fcntl::openat(
@@ -270,8 +310,7 @@ impl OverlayFs {
                 file = Some(File::from(crate::sys::owned_fd(fd)));
             }
             Make::Link(v) => {
-                let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-                let src = self.upper.open(h, libc::O_PATH)?;
+                let src = self.open_upper(v, libc::O_PATH)?;
                 nix::unistd::linkat(
                     None,
                     os(&fd_path(src.as_raw_fd())),
@@ -282,18 +321,33 @@ impl OverlayFs {
                 return Ok(None);
             }
         }
+        let mut st = crate::sys::fstatat(tdir, tname)?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        if let (Some(acl), false, true) = (&default_acl, is_link, tdir != pfd) {
+            // Built in the staging dir, which has no default ACL: inherit the parent's by hand.
+            // Setting the access ACL sets the permission bits from it; a chmod to those bits
+            // masked by the requested mode then masks the ACL the way creation does.
+            let path = child_path(tdir, tname);
+            crate::sys::lsetxattr(&path, ACL_ACCESS.as_bytes(), acl, 0, false)?;
+            if is_dir {
+                crate::sys::lsetxattr(&path, ACL_DEFAULT.as_bytes(), acl, 0, false)?;
+            }
+            let from_acl = crate::sys::fstatat(tdir, tname)?.st_mode;
+            upper::chmod(&path, (mode & !0o777) | (mode & from_acl & 0o777))?;
+            st = crate::sys::fstatat(tdir, tname)?;
+        }
         // Owner: the caller, or the directory's group under a setgid directory.
         let pst = crate::sys::fstatat(pfd, b"")?;
         let sgid_dir = pst.st_mode & libc::S_ISGID != 0;
         let gid = if sgid_dir { pst.st_gid } else { ctx.gid };
-        let st = crate::sys::fstatat(tdir, tname)?;
-        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let chowned = st.st_uid != ctx.uid || st.st_gid != gid;
         if chowned {
             upper::chown(tdir, tname, ctx.uid, gid)?;
         }
-        let want = if is_dir && sgid_dir { mode | libc::S_ISGID } else { mode };
-        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        // What creation gave it (the requested mode, or masked by a default ACL).
+        let made = st.st_mode & 0o7777;
+        let want = if is_dir && sgid_dir { made | libc::S_ISGID } else { made };
         if !is_link {
             // chown may have cleared setuid/setgid: look again only then.
             let now = if chowned { crate::sys::fstatat(tdir, tname)? } else { st };
@@ -339,9 +393,13 @@ impl OverlayFs {
             Err(_) => false,
         };
         let mut last_link = true;
+        let mut kept = None;
         if in_upper {
             let real = crate::sys::fstatat(pfd, name)?;
             last_link = dir || real.st_nlink <= 1;
+            if last_link {
+                kept = Some(keep_fd(pfd, name)?);
+            }
         }
         match (in_upper, need_wh) {
             (false, true) => upper::whiteout(pfd, name)?,
@@ -373,15 +431,14 @@ impl OverlayFs {
                 upper::remove_tree(work, &tmp)?;
             }
         }
-        self.table.lock().unlinked(id, p.id, name, last_link);
+        self.table.lock().unlinked(id, p.id, name, last_link, kept);
         Ok(())
     }
 
     /// A directory being moved gets what keeps its content right at the new name: a redirect
     /// to its lower origin, or opacity when it has none but a lower layer has the new name.
     fn prepare_dir_move(&self, v: &NodeView, newp: &NodeView, newname: &[u8]) -> io::Result<()> {
-        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-        let fd = self.upper.open(h, libc::O_PATH | libc::O_DIRECTORY)?;
+        let fd = self.open_upper(v, libc::O_PATH | libc::O_DIRECTORY)?;
         let path = fd_path(fd.as_raw_fd());
         if !v.lowers.is_empty() {
             if let Some(lp) = &v.lower_path {
@@ -487,11 +544,15 @@ impl OverlayFs {
         let work = self.upper.work_fd();
         let at_new = crate::sys::fstatat(nfd, newname).ok();
         let mut last_link = true;
+        let mut kept = None;
         if let Some(st) = &at_new {
             if super::layer::is_whiteout(st) {
                 last_link = false;
             } else {
                 last_link = is_dir(st) || st.st_nlink <= 1;
+                if last_link {
+                    kept = Some(keep_fd(nfd, newname)?);
+                }
                 if is_dir(st) {
                     // The target is empty in the union: only whiteouts can be left inside.
                     clear_dir(nfd, newname)?;
@@ -523,7 +584,7 @@ impl OverlayFs {
         let mut t = self.table.lock();
         t.renamed(sid, np.id, newname);
         if let Some((did, _)) = dst {
-            t.unlinked(did, np.id, newname, last_link);
+            t.unlinked(did, np.id, newname, last_link, kept);
         }
         Ok(())
     }
@@ -536,8 +597,7 @@ impl OverlayFs {
             let path = child_path(pfd.as_raw_fd(), &v.name);
             return Ok((path, Some(pfd), false));
         }
-        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-        let fd = self.upper.open(h, libc::O_PATH)?;
+        let fd = self.open_upper(v, libc::O_PATH)?;
         Ok((fd_path(fd.as_raw_fd()), Some(fd), true))
     }
 
@@ -565,6 +625,18 @@ impl OverlayFs {
     }
 }
 
+/// An O_PATH descriptor of `dirfd`/`name`, taken before the object's last name goes (see
+/// `Node::kept`).
+fn keep_fd(dirfd: i32, name: &[u8]) -> io::Result<OwnedFd> {
+    let fd = nix::fcntl::openat(
+        Some(dirfd),
+        os(name),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    Ok(crate::sys::owned_fd(fd))
+}
+
 fn set_private_follow(path: &[u8], name: &str, value: &[u8]) -> io::Result<()> {
     crate::sys::lsetxattr(path, name.as_bytes(), value, 0, true)
 }
@@ -582,6 +654,59 @@ fn clear_dir(dirfd: i32, name: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Open options of a regular file, also when it is opened with O_DIRECT.
+///
+/// FOPEN_DIRECT_IO would make the kernel refuse shared mmap of the file (ENODEV) unless INIT
+/// negotiated FUSE_DIRECT_IO_ALLOW_MMAP (bit 36, in flags2), which fuse-backend-rs 0.14 cannot
+/// express: it drops capability bits it has no name for. Without it the kernel still serves an
+/// O_DIRECT descriptor without its page cache (its direct_IO path sends READ/WRITE for exactly
+/// the range and writes back and drops cached pages around it), and mmap works.
+fn file_open_options() -> OpenOptions {
+    OpenOptions::KEEP_CACHE
+}
+
+/// Clear set-user-ID and set-group-ID of the upper file `fd` after `ctx` changed its data or
+/// size without privilege, by the VFS rule (`setattr_should_drop_suidgid`): S_ISUID always;
+/// S_ISGID when group-exec is set (otherwise it marks mandatory locking) or the caller is not
+/// in the file's group.
+///
+/// The kernel asks for this with FUSE_WRITE_KILL_SUIDGID on writes of its direct-I/O path;
+/// otherwise it sends the new mode in a SETATTR itself (see `setattr`). HANDLE_KILLPRIV_V2,
+/// which would leave truncate and open(O_TRUNC) to us too, is not negotiated: the kernel then
+/// keeps the mode it cached across a write, and stat shows the bits we cleared until the
+/// attribute timeout. The daemon writes as root, so the upper filesystem never clears the bits
+/// on its own. security.capability needs nothing here: the upper filesystem drops it at every
+/// write, truncate and chown, by root too.
+fn kill_suidgid(ctx: &Context, fd: i32) -> io::Result<()> {
+    let st = crate::sys::fstatat(fd, b"")?;
+    let mode = st.st_mode & 0o7777;
+    let mut kill = mode & libc::S_ISUID;
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !caller_in_group(ctx, st.st_gid))
+    {
+        kill |= libc::S_ISGID;
+    }
+    if kill == 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    upper::chmod(&fd_path(fd), mode & !kill)
+}
+
+/// Whether the calling process has `gid` as its (fs) group or among its supplementary groups.
+/// FUSE requests carry only the fsgid; the supplementary list is read from /proc, and when the
+/// process is gone the answer is what the fsgid alone says.
+fn caller_in_group(ctx: &Context, gid: u32) -> bool {
+    if ctx.gid == gid {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", ctx.pid)) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
 }
 
 fn timespec(
@@ -614,7 +739,9 @@ impl FileSystem for OverlayFs {
                 | FsOptions::READDIRPLUS_AUTO
                 | FsOptions::ATOMIC_O_TRUNC
                 | FsOptions::CACHE_SYMLINKS
-                | FsOptions::AUTO_INVAL_DATA))
+                | FsOptions::AUTO_INVAL_DATA
+                | FsOptions::POSIX_ACL
+                | FsOptions::DONT_MASK))
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -664,7 +791,7 @@ impl FileSystem for OverlayFs {
 
     fn setattr(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         attr: stat64,
         handle: Option<u64>,
@@ -672,8 +799,7 @@ impl FileSystem for OverlayFs {
     ) -> io::Result<(stat64, Duration)> {
         let truncating = valid.contains(SetattrValid::SIZE) && attr.st_size == 0;
         let v = self.copy_up(inode, !truncating)?;
-        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-        let fd = self.upper.open(h, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let fd = self.open_upper(&v, libc::O_PATH | libc::O_NOFOLLOW)?;
         let raw = fd.as_raw_fd();
         if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
             let uid =
@@ -683,14 +809,27 @@ impl FileSystem for OverlayFs {
             nix::unistd::fchownat(Some(raw), "", uid, gid, nix::fcntl::AtFlags::AT_EMPTY_PATH)?;
         }
         if valid.contains(SetattrValid::MODE) {
-            upper::chmod(&fd_path(raw), attr.st_mode)?;
+            let mut mode = attr.st_mode;
+            if mode & libc::S_ISGID != 0 && ctx.uid != 0 {
+                // Without HANDLE_KILLPRIV the kernel clears set-ID bits after a write,
+                // truncate or fallocate by sending this mode, computed by the old rule (S_ISGID
+                // only with group-exec); the VFS also clears S_ISGID when the caller is not
+                // in the file's group. A chmod by such a caller never keeps S_ISGID either
+                // (the VFS strips it before it reaches us), so the rule holds for every mode
+                // change of an unprivileged caller.
+                let gid = crate::sys::fstatat(raw, b"")?.st_gid;
+                if !caller_in_group(ctx, gid) {
+                    mode &= !libc::S_ISGID;
+                }
+            }
+            upper::chmod(&fd_path(raw), mode)?;
         }
         if valid.contains(SetattrValid::SIZE) {
             let open = handle.and_then(|h| self.handle(h).ok());
             match open.as_deref() {
                 Some(Open::Upper(f)) => f.set_len(attr.st_size as u64)?,
                 _ => {
-                    let f = File::from(self.upper.open(h, libc::O_WRONLY)?);
+                    let f = File::from(self.open_upper(&v, libc::O_WRONLY)?);
                     f.set_len(attr.st_size as u64)?;
                 }
             }
@@ -741,7 +880,7 @@ impl FileSystem for OverlayFs {
         name: &CStr,
     ) -> io::Result<Entry> {
         let (id, st, _) =
-            self.make(ctx, parent, name.to_bytes(), Make::Symlink(linkname.to_bytes()))?;
+            self.make(ctx, parent, name.to_bytes(), Make::Symlink(linkname.to_bytes()), 0)?;
         Ok(self.entry(id, st))
     }
 
@@ -752,9 +891,9 @@ impl FileSystem for OverlayFs {
         name: &CStr,
         mode: u32,
         rdev: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
-        let (id, st, _) = self.make(ctx, parent, name.to_bytes(), Make::Node(mode, rdev))?;
+        let (id, st, _) = self.make(ctx, parent, name.to_bytes(), Make::Node(mode, rdev), umask)?;
         Ok(self.entry(id, st))
     }
 
@@ -764,9 +903,9 @@ impl FileSystem for OverlayFs {
         parent: u64,
         name: &CStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
-        let (id, st, _) = self.make(ctx, parent, name.to_bytes(), Make::Dir(mode))?;
+        let (id, st, _) = self.make(ctx, parent, name.to_bytes(), Make::Dir(mode), umask)?;
         Ok(self.entry(id, st))
     }
 
@@ -795,7 +934,7 @@ impl FileSystem for OverlayFs {
         if v.is_dir() {
             return Err(errno(libc::EPERM));
         }
-        let (id, st, _) = self.make(ctx, newparent, newname.to_bytes(), Make::Link(&v))?;
+        let (id, st, _) = self.make(ctx, newparent, newname.to_bytes(), Make::Link(&v), 0)?;
         Ok(self.entry(id, st))
     }
 
@@ -810,15 +949,11 @@ impl FileSystem for OverlayFs {
         let trunc = flags & libc::O_TRUNC != 0;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY || trunc;
         let v = if write { self.copy_up(inode, !trunc)? } else { self.view(inode)? };
-        let opts = if flags & libc::O_DIRECT != 0 {
-            OpenOptions::DIRECT_IO
-        } else {
-            OpenOptions::KEEP_CACHE
-        };
+        let opts = file_open_options();
         let open = match &v.upper {
-            Some(h) => {
+            Some(_) => {
                 let f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
-                Open::Upper(File::from(self.upper.open(h, f)?))
+                Open::Upper(File::from(self.open_upper(&v, f)?))
             }
             None => {
                 let &(l, id) = v.lowers.first().ok_or_else(|| errno(libc::ESTALE))?;
@@ -839,13 +974,9 @@ impl FileSystem for OverlayFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let (id, st, file) =
-            self.make(ctx, parent, name.to_bytes(), Make::File(args.mode, args.flags))?;
+            self.make(ctx, parent, name.to_bytes(), Make::File(args.mode, args.flags), args.umask)?;
         let file = file.ok_or_else(|| errno(libc::EIO))?;
-        let opts = if args.flags as i32 & libc::O_DIRECT != 0 {
-            OpenOptions::DIRECT_IO
-        } else {
-            OpenOptions::KEEP_CACHE
-        };
+        let opts = file_open_options();
         let h = self.add_handle(Open::Upper(file));
         Ok((self.entry(id, st), Some(h), opts, None))
     }
@@ -876,7 +1007,7 @@ impl FileSystem for OverlayFs {
 
     fn write(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         _inode: u64,
         handle: u64,
         r: &mut dyn ZeroCopyReader,
@@ -885,10 +1016,15 @@ impl FileSystem for OverlayFs {
         _lock_owner: Option<u64>,
         _delayed_write: bool,
         _flags: u32,
-        _fuse_flags: u32,
+        fuse_flags: u32,
     ) -> io::Result<usize> {
         match self.handle(handle)?.as_ref() {
-            Open::Upper(f) => crate::sys::with_file_mut(f, |f| r.read_to(f, size as usize, offset)),
+            Open::Upper(f) => {
+                if fuse_flags & WRITE_KILL_PRIV != 0 {
+                    kill_suidgid(ctx, f.as_raw_fd())?;
+                }
+                crate::sys::with_file_mut(f, |f| r.read_to(f, size as usize, offset))
+            }
             _ => Err(errno(libc::EBADF)),
         }
     }
@@ -951,7 +1087,7 @@ impl FileSystem for OverlayFs {
 
     fn setxattr(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         name: &CStr,
         value: &[u8],
@@ -961,8 +1097,22 @@ impl FileSystem for OverlayFs {
             return Err(errno(libc::EPERM));
         }
         let v = self.copy_up(inode, true)?;
-        let (path, _fd, follow) = self.xattr_path(&v)?;
-        crate::sys::lsetxattr(&path, name.to_bytes(), value, flags as i32, follow)
+        let (path, fd, follow) = self.xattr_path(&v)?;
+        crate::sys::lsetxattr(&path, name.to_bytes(), value, flags as i32, follow)?;
+        if let (true, Some(fd)) = (
+            name.to_bytes() == ACL_ACCESS.as_bytes() && ctx.uid != 0,
+            follow.then_some(fd).flatten(),
+        ) {
+            // The upper filesystem set the mode from the ACL for root, keeping S_ISGID; the
+            // caller would lose it outside the file's group (posix_acl_update_mode). The kernel
+            // flags that (FUSE_SETXATTR_ACL_KILL_SGID) only with SETXATTR_EXT, which
+            // fuse-backend-rs 0.14 does not negotiate.
+            let st = crate::sys::fstatat(fd.as_raw_fd(), b"")?;
+            if st.st_mode & libc::S_ISGID != 0 && !caller_in_group(ctx, st.st_gid) {
+                upper::chmod(&path, st.st_mode & 0o7777 & !libc::S_ISGID)?;
+            }
+        }
+        Ok(())
     }
 
     fn getxattr(
@@ -1038,14 +1188,15 @@ impl FileSystem for OverlayFs {
         if !v.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
-        let parent_ino = self.view(v.parent).map(|p| p.ino).unwrap_or(v.ino);
-        let mut items = vec![
-            DirItem { name: b".".to_vec(), ino: v.ino, dtype: u32::from(libc::DT_DIR) },
-            DirItem { name: b"..".to_vec(), ino: parent_ino, dtype: u32::from(libc::DT_DIR) },
-        ];
-        items.extend(self.list(&v)?);
+        // The listing is taken by the first READDIR (at offset 0): a directory opened and read
+        // later must not show what it held at opendir.
+        //
+        // CACHE_DIR lets the kernel keep the listing it read; it tags that cache with the
+        // directory's mtime and change counter as of the READDIR at offset 0 and drops it at the
+        // next pass from offset 0 when either moved, which is safe because that READDIR is
+        // answered with a listing taken after it was sent.
         Ok((
-            Some(self.add_handle(Open::Dir(items))),
+            Some(self.add_handle(Open::Dir(Mutex::new(None)))),
             OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR,
         ))
     }
@@ -1053,14 +1204,13 @@ impl FileSystem for OverlayFs {
     fn readdir(
         &self,
         _ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         _size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let o = self.handle(handle)?;
-        let Open::Dir(items) = o.as_ref() else { return Err(errno(libc::ENOTDIR)) };
+        let items = self.dir_items(inode, handle, offset)?;
         for (i, it) in items.iter().enumerate().skip(offset as usize) {
             let n = add_entry(DirEntry {
                 ino: it.ino,
@@ -1084,8 +1234,7 @@ impl FileSystem for OverlayFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let o = self.handle(handle)?;
-        let Open::Dir(items) = o.as_ref() else { return Err(errno(libc::ENOTDIR)) };
+        let items = self.dir_items(inode, handle, offset)?;
         let v = self.view(inode)?;
         for (i, it) in items.iter().enumerate().skip(offset as usize) {
             let de =
@@ -1120,8 +1269,8 @@ impl FileSystem for OverlayFs {
         _handle: u64,
     ) -> io::Result<()> {
         let v = self.view(inode)?;
-        if let Some(h) = &v.upper {
-            File::from(self.upper.open(h, libc::O_RDONLY | libc::O_DIRECTORY)?).sync_all()?;
+        if v.upper.is_some() || v.kept.is_some() {
+            File::from(self.open_upper(&v, libc::O_RDONLY | libc::O_DIRECTORY)?).sync_all()?;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! one copy-up recreates in the upper directory — and is dropped when the kernel forgets it.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::Resolved;
@@ -36,6 +37,10 @@ pub struct Node {
     pub ino: u64,
     /// Kernel lookup count.
     pub lookups: u64,
+    /// An O_PATH descriptor of the upper object once its last name was removed: a file handle
+    /// no longer opens an unlinked inode, but the kernel may still ask about it (an open file,
+    /// a removed working directory), and must then see it with nlink 0, not ESTALE.
+    pub kept: Option<Arc<OwnedFd>>,
 }
 
 /// A copy of what an operation needs from a node (taken under the table lock, used without).
@@ -57,6 +62,8 @@ pub struct NodeView {
     pub lower_path: Option<Arc<[u8]>>,
     /// Shown inode number.
     pub ino: u64,
+    /// The removed upper object, see [`Node::kept`].
+    pub kept: Option<Arc<OwnedFd>>,
 }
 
 impl NodeView {
@@ -97,6 +104,7 @@ impl Table {
                 lower_path,
                 ino,
                 lookups: 1,
+                kept: None,
             },
         );
         let mut by_upper = HashMap::new();
@@ -116,6 +124,7 @@ impl Table {
             lowers: n.lowers.clone(),
             lower_path: n.lower_path.clone(),
             ino: n.ino,
+            kept: n.kept.clone(),
         })
     }
 
@@ -164,6 +173,7 @@ impl Table {
                 lower_path: r.lower_path.clone(),
                 ino,
                 lookups: 1,
+                kept: None,
             },
         );
         if let Some(u) = upper_ino {
@@ -224,8 +234,16 @@ impl Table {
     }
 
     /// The name `name` in `parent`, which node `id` had, is gone. `last_link` says the object
-    /// itself is gone, so its identity may be recycled by a new object.
-    pub fn unlinked(&mut self, id: u64, parent: u64, name: &[u8], last_link: bool) {
+    /// itself is gone, so its identity may be recycled by a new object; `kept` then is a
+    /// descriptor of the removed upper object, served to whoever still refers to the node.
+    pub fn unlinked(
+        &mut self,
+        id: u64,
+        parent: u64,
+        name: &[u8],
+        last_link: bool,
+        kept: Option<OwnedFd>,
+    ) {
         let Some(n) = self.nodes.get_mut(&id) else { return };
         if n.parent == parent && n.name == name {
             // Another name of a lower hard link must get a node of its own, not copy-up into
@@ -240,6 +258,14 @@ impl Table {
             if let Some(u) = n.upper_ino.take() {
                 if self.by_upper.get(&u) == Some(&id) {
                     self.by_upper.remove(&u);
+                }
+            }
+            if let Some(fd) = kept {
+                n.kept = Some(Arc::new(fd));
+                if n.kind == libc::S_IFDIR {
+                    // A removed directory is empty: nothing below shows through any more.
+                    n.lowers.clear();
+                    n.lower_path = None;
                 }
             }
         }
@@ -321,7 +347,7 @@ mod tests {
         let again = t.install(ROOT, b"a", &lower(0, 7, 7), libc::S_IFREG, 77);
         assert_eq!(a, again);
         assert_eq!(t.nodes[&a].lookups, 2);
-        t.unlinked(a, ROOT, b"a", false);
+        t.unlinked(a, ROOT, b"a", false, None);
         let b2 = t.install(ROOT, b"a", &lower(0, 7, 7), libc::S_IFREG, 77);
         assert_ne!(a, b2, "a removed name must not be copied up again through another name");
     }
@@ -348,10 +374,27 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_directory_keeps_its_descriptor_and_merges_nothing() {
+        let mut t = Table::new(handle(0), 2, vec![(0, 1)], None, 100);
+        let mut r = lower(0, 7, 7);
+        r.upper = Some((handle(1), crate::sys::zeroed_stat64(), None));
+        r.upper.as_mut().unwrap().1.st_ino = 60;
+        let d = t.install(ROOT, b"d", &r, libc::S_IFDIR, 77);
+        let fd: OwnedFd = std::fs::File::open(std::env::temp_dir()).unwrap().into();
+        t.unlinked(d, ROOT, b"d", true, Some(fd));
+        let v = t.view(d).unwrap();
+        assert!(v.kept.is_some());
+        assert!(v.lowers.is_empty());
+        // Its upper inode number may be recycled by a new object, which gets a new node.
+        let e = t.created(ROOT, b"e", libc::S_IFDIR, handle(2), 60, 60);
+        assert_ne!(d, e);
+    }
+
+    #[test]
     fn created_objects_are_found_by_upper_inode_and_recycled_inodes_get_new_nodes() {
         let mut t = Table::new(handle(0), 2, vec![], None, 2);
         let a = t.created(ROOT, b"a", libc::S_IFREG, handle(1), 50, 50);
-        t.unlinked(a, ROOT, b"a", true);
+        t.unlinked(a, ROOT, b"a", true, None);
         let b = t.created(ROOT, b"b", libc::S_IFREG, handle(2), 50, 50);
         assert_ne!(a, b);
         t.copied_up(b, handle(3), 51, None);

@@ -91,8 +91,10 @@ pub enum Open {
     Lower(File),
     /// A lower file read through its layer.
     Layer(usize, u64),
-    /// A directory listing, snapshot at opendir.
-    Dir(Vec<fs::DirItem>),
+    /// A directory's listing: taken at the first READDIR and again at every READDIR at offset
+    /// 0 (opendir or rewinddir), so offsets stay stable while a pass runs and a new pass sees
+    /// every change made before it started.
+    Dir(Mutex<Option<Arc<Vec<fs::DirItem>>>>),
 }
 
 /// The union filesystem.
@@ -204,10 +206,32 @@ impl OverlayFs {
 
     /// An O_PATH descriptor of the node's upper object.
     fn upper_fd(&self, v: &NodeView) -> io::Result<Option<OwnedFd>> {
-        match &v.upper {
-            Some(h) => self.upper.open(h, libc::O_PATH | libc::O_NOFOLLOW).map(Some),
-            None => Ok(None),
+        if v.upper.is_none() && v.kept.is_none() {
+            return Ok(None);
         }
+        self.open_upper(v, libc::O_PATH | libc::O_NOFOLLOW).map(Some)
+    }
+
+    /// Open the node's upper object with `flags`: by its file handle, or, once it was removed,
+    /// through the descriptor kept for it (a handle no longer opens an unlinked inode).
+    fn open_upper(&self, v: &NodeView, flags: i32) -> io::Result<OwnedFd> {
+        if let Some(k) = &v.kept {
+            if flags & libc::O_PATH != 0 {
+                return k.try_clone();
+            }
+            // Reopening through /proc follows the link to the object itself, which works for
+            // an unlinked inode too.
+            let fd = nix::fcntl::open(
+                upper::as_path(&upper::fd_path(k.as_raw_fd())),
+                nix::fcntl::OFlag::from_bits_truncate(
+                    (flags & !libc::O_NOFOLLOW) | libc::O_CLOEXEC,
+                ),
+                nix::sys::stat::Mode::empty(),
+            )?;
+            return Ok(crate::sys::owned_fd(fd));
+        }
+        let h = v.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
+        self.upper.open(h, flags)
     }
 
     /// Attributes of a node as users see them.
@@ -228,7 +252,7 @@ impl OverlayFs {
     /// and 1 tells `find` not to use them).
     fn present(&self, v: &NodeView, st: &mut stat64) {
         st.st_ino = v.ino;
-        if is_dir(st) && (v.lowers.len() + usize::from(v.upper.is_some())) > 1 {
+        if is_dir(st) && v.kept.is_none() && (v.lowers.len() + usize::from(v.upper.is_some())) > 1 {
             st.st_nlink = 1;
         }
     }
