@@ -173,6 +173,26 @@ pub fn fstatvfs(fd: i32) -> std::io::Result<libc::statvfs64> {
     Ok(st)
 }
 
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Install a handler for `sig` that does nothing and does not restart system calls, so sending
+/// `sig` to a thread blocked in a slow call (a read of /dev/fuse) makes that call fail with
+/// EINTR. Idempotent.
+pub fn interrupt_on(sig: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction is valid; the handler is async-signal-safe (it does nothing)
+    // and SA_RESTART is left out on purpose.
+    let r = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut())
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Set the process umask (the overlay creates files with exactly the modes the kernel passed).
 pub fn set_umask(mask: u32) -> u32 {
     // SAFETY: umask cannot fail.

@@ -295,6 +295,35 @@ fn nydusd_doc_configs_start_stratad() {
 }
 
 #[test]
+fn sigterm_with_a_busy_mount_still_exits_cleanly() {
+    if !require_root("sigterm_with_a_busy_mount_still_exits_cleanly", "FUSE mount") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (boot, blobs) = two_layer_image(t.path());
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let cfg = localfs_v1_config(t.path(), &blobs, &t.path().join("cache"), "blobcache");
+    let mut d = Daemon::start(&["-C", s(&cfg), "-B", s(&boot)], &mnt, &t.path().join("api.sock"));
+    // A process whose working directory and an open file are inside the mount keep it busy:
+    // the unmount can only detach it, and the workers' reads must still be ended.
+    let mut busy = Command::new("sh")
+        .args(["-c", "exec 3<etc/hostname; exec sleep 30"])
+        .current_dir(&mnt)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let st = d.stop();
+    let took = started.elapsed();
+    let _ = busy.kill();
+    let _ = busy.wait();
+    assert!(st.success(), "stratad exits 0 on SIGTERM with a busy mount: {st}");
+    assert!(took < Duration::from_secs(9), "it did not need the SIGKILL fallback ({took:?})");
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
 fn startup_errors_are_one_line_and_nonzero() {
     if !require_root("startup_errors_are_one_line_and_nonzero", "FUSE mount") {
         return;
