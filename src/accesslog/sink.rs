@@ -16,7 +16,7 @@
 //! hash and a load; the writer removes the remaining duplicates exactly (between threads).
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, OnceLock, Weak};
@@ -30,7 +30,7 @@ use super::config::{AccessLogConfig, Mode};
 use super::event::{Access, Cache, ChunkSpan, Event, Op, Range};
 use super::file::{LogHeader, LogWriter};
 use super::query::{Filter, Resolved};
-use super::resolve::{PathResolver, ProcFs, ProcessResolver};
+use super::resolve::{PathResolver, ProcFs, ProcessInfo, ProcessResolver};
 use super::writer::{Cmd, Writer};
 use super::Error;
 
@@ -166,7 +166,14 @@ pub(crate) struct Shared {
     filter_entries: usize,
     pub(crate) counters: Counters,
     wake: SyncSender<Cmd>,
+    /// Where a new pid's process is looked up on the recording thread (None: sink off).
+    procs: Option<Arc<dyn ProcessResolver>>,
+    /// Processes looked up by recording threads, for the writer to take.
+    pub(crate) early_procs: Mutex<HashMap<u32, ProcessInfo>>,
 }
+
+/// Most processes held for the writer between two drains.
+pub(crate) const EARLY_PROCS_CAP: usize = 4096;
 
 static NEXT_SINK: AtomicU64 = AtomicU64::new(1);
 static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
@@ -227,6 +234,8 @@ impl AccessSink {
                 filter_entries: 0,
                 counters: Counters::default(),
                 wake: tx,
+                procs: None,
+                early_procs: Mutex::new(HashMap::new()),
             }),
             writer: Mutex::new(None),
             last_error: Arc::new(Mutex::new(None)),
@@ -270,6 +279,8 @@ impl AccessSink {
             filter_entries,
             counters: Counters::default(),
             wake: tx,
+            procs: Some(opts.processes.clone()),
+            early_procs: Mutex::new(HashMap::new()),
         });
         let last_error = Arc::new(Mutex::new(None));
         let recent = Arc::new(Mutex::new(VecDeque::new()));
@@ -542,12 +553,21 @@ impl Shared {
         if first_touch {
             remember(filter, ev, key);
         }
-        // Wake the writer at once for a pid this thread has not seen lately: it reads the
-        // process's name from /proc while the process most likely still runs (a short-lived
-        // process could be gone by the next timer tick).
+        // A pid this thread has not seen lately: look its process up now, while it surely
+        // runs (it is waiting for this request's reply), and hand it to the writer. Once per
+        // new pid and thread; a short-lived process would be gone by the writer's turn.
         let p = &slot.pids[ev.pid as usize % PID_ENTRIES];
         if p.load(Ordering::Relaxed) != ev.pid {
             p.store(ev.pid, Ordering::Relaxed);
+            if let Some(procs) = &self.procs {
+                let info = procs.process(ev.pid);
+                if !info.name.is_empty() {
+                    let mut early = self.early_procs.lock();
+                    if early.len() < EARLY_PROCS_CAP {
+                        early.insert(ev.pid, info);
+                    }
+                }
+            }
             let _ = self.wake.try_send(Cmd::Wake);
         } else if used * 2 > ring.len() as u64 && !slot.kicked.swap(true, Ordering::Relaxed) {
             // Early drain when the ring is half full, once per drain.

@@ -358,13 +358,23 @@ impl Writer {
 
     fn process(&mut self, pid: u32) -> u64 {
         let now = Instant::now();
-        let fresh =
-            self.proc_cache.get(&pid).is_some_and(|(_, at)| now.duration_since(*at) < PROC_TTL);
+        // A recording thread may have looked the process up while it ran: that wins. Entries
+        // whose events were dropped are never taken; the map is cleared before it fills.
+        let early = {
+            let mut m = self.shared.early_procs.lock();
+            let e = m.remove(&pid);
+            if m.len() >= super::sink::EARLY_PROCS_CAP / 2 {
+                m.clear();
+            }
+            e
+        };
+        let fresh = early.is_none()
+            && self.proc_cache.get(&pid).is_some_and(|(_, at)| now.duration_since(*at) < PROC_TTL);
         if !fresh {
             if self.proc_cache.len() >= PROCS_CAP {
                 self.proc_cache.clear();
             }
-            let info = self.procs.process(pid);
+            let info = early.unwrap_or_else(|| self.procs.process(pid));
             // A thread that has exited keeps the name it had when last seen.
             let info = match self.proc_cache.get(&pid) {
                 Some((old, _)) if info.name.is_empty() => old.clone(),
