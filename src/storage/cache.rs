@@ -597,25 +597,37 @@ impl ChunkCache {
             Err(e) => return (Err(e), false),
         };
         bump(&self.counters.fetch_bytes, stored.len() as u64);
-        let data = match blob.info.decode(chunk, &stored) {
-            Ok(data) => data,
-            Err(e) => {
-                if matches!(e, ChunkError::DigestMismatch { .. }) {
-                    bump(&self.counters.digest_errors, 1);
-                }
-                return (Err(e), false);
+        match self.store(blob, chunk, &stored) {
+            Ok((data, _, flush_due)) => (Ok(Arc::new(data)), flush_due),
+            Err(e) => (Err(e), false),
+        }
+    }
+
+    /// Decode and verify a chunk's `stored` bytes, write them to the cache file and mark the
+    /// chunk ready. Returns the bytes, whether they were written (the bit is set only once the
+    /// verified bytes are; a failed write leaves the chunk not ready, the bytes are still good)
+    /// and whether an auto-flush is due.
+    fn store(
+        &self,
+        blob: &CachedBlob,
+        chunk: &ChunkRef,
+        stored: &[u8],
+    ) -> Result<(Vec<u8>, bool, bool), ChunkError> {
+        let data = blob.info.decode(chunk, stored).inspect_err(|e| {
+            if matches!(e, ChunkError::DigestMismatch { .. }) {
+                bump(&self.counters.digest_errors, 1);
             }
-        };
-        // The bit is set only once the verified bytes were written. A failed write leaves the
-        // chunk not ready; the caller still gets the verified bytes.
-        let flush_due = match blob.data.write_all_at(&data, chunk.uncompressed_offset) {
-            Ok(()) => blob.state.lock().set(chunk.index),
+        })?;
+        match blob.data.write_all_at(&data, chunk.uncompressed_offset) {
+            Ok(()) => {
+                let flush_due = blob.state.lock().set(chunk.index);
+                Ok((data, true, flush_due))
+            }
             Err(_) => {
                 bump(&self.counters.cache_io_errors, 1);
-                false
+                Ok((data, false, false))
             }
-        };
-        (Ok(Arc::new(data)), flush_due)
+        }
     }
 }
 
@@ -718,21 +730,13 @@ impl ChunkCache {
         let mut flush_due = false;
         for (c, mut leader) in mine {
             let at = (c.compressed_offset - from) as usize;
-            let outcome = blob.info.decode(&c, &stored[at..at + c.compressed_size as usize]);
-            match outcome {
-                Ok(data) => {
-                    if blob.data.write_all_at(&data, c.uncompressed_offset).is_ok() {
-                        flush_due |= blob.state.lock().set(c.index);
-                        filled.chunks += 1;
-                    } else {
-                        bump(&self.counters.cache_io_errors, 1);
-                    }
+            match self.store(blob, &c, &stored[at..at + c.compressed_size as usize]) {
+                Ok((data, written, due)) => {
+                    flush_due |= due;
+                    filled.chunks += usize::from(written);
                     leader.publish(Ok(Arc::new(data)));
                 }
                 Err(e) => {
-                    if matches!(e, ChunkError::DigestMismatch { .. }) {
-                        bump(&self.counters.digest_errors, 1);
-                    }
                     leader.publish(Err(e.to_string()));
                     first_err.get_or_insert(e);
                 }
