@@ -10,6 +10,12 @@
 //!
 //!   The timed loop records `BATCH` events, then (untimed) flushes, so rings never overflow and
 //!   nothing is dropped: this is the cost a request pays, not the writer's.
+//! * `writer/<mode>/small-files`: ns per event for recording AND writing a cold small-file
+//!   workload (per file: a lookup naming it, getattr, open, four 4 KiB reads of new chunks),
+//!   timed from the first record to the end of the flush that writes it: the background
+//!   writer's drain, first-touch filter, path/process records, encoding and `write`, which
+//!   runs on a core the daemon's requests would otherwise use. The log lives on /dev/shm when
+//!   there is one, so the flush's fsync is not what is measured.
 //! * Before the criterion runs, `bytes/event` lines: log bytes per recorded event for a
 //!   workload of lookups and sequential 4 KiB reads over 200 files (full and first-touch).
 //!
@@ -130,6 +136,55 @@ fn bench_record(c: &mut Criterion) {
     g.finish();
 }
 
+/// One file's cold access: lookup, getattr, open, four reads of new chunks (7 events).
+fn small_file(s: &AccessSink, file: u64, name: &[u8]) {
+    let ino = 1_000 + file;
+    s.record(Event::new(Op::Lookup, 1, 4242, 0).with_name(name).with_aux(ino));
+    s.record(Event::new(Op::Getattr, ino, 4242, 0));
+    s.record(Event::new(Op::Open, ino, 4242, 0));
+    for chunk in 0..4u32 {
+        s.record(
+            Event::new(Op::Read, ino, 4242, 0)
+                .with_range(u64::from(chunk) << 12, 4096)
+                .with_chunks(chunk, chunk)
+                .with_cache(Cache::Miss),
+        );
+    }
+}
+
+fn bench_writer(c: &mut Criterion) {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
+    let dir = dir.expect("tempdir");
+    let mut g = c.benchmark_group("writer");
+    g.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_millis(500));
+    for mode in [Mode::FirstTouch, Mode::Full] {
+        let s = sink(&dir, mode, &format!("writer-{mode}.log"));
+        let mut file = 0u64;
+        g.bench_function(format!("{mode}/small-files"), |b| {
+            b.iter_custom(|n| {
+                // n events, 7 per file; every file is new (a cold start).
+                let files = n.div_ceil(7);
+                let t0 = Instant::now();
+                let mut name = [0u8; 16];
+                for _ in 0..files {
+                    file += 1;
+                    name[..8].copy_from_slice(b"mod-.py.");
+                    name[8..].copy_from_slice(&file.to_le_bytes());
+                    small_file(&s, file, &name);
+                    if file % (BATCH / 8) == 0 {
+                        s.flush().expect("flush");
+                    }
+                }
+                s.flush().expect("flush");
+                t0.elapsed().mul_f64(n as f64 / (7 * files) as f64)
+            })
+        });
+        assert_eq!(s.stats().dropped, 0, "the bench must not overflow the rings");
+    }
+    g.finish();
+}
+
 /// Log bytes per recorded event for a small, realistic workload.
 fn bytes_per_event() {
     for mode in [Mode::Full, Mode::FirstTouch] {
@@ -178,5 +233,6 @@ fn main() {
     bytes_per_event();
     let mut c = Criterion::default().configure_from_args();
     bench_record(&mut c);
+    bench_writer(&mut c);
     c.final_summary();
 }

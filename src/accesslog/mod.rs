@@ -10,6 +10,7 @@
 //! - [`query`] replaying a log into events with paths and processes; filters.
 //! - [`report`] stats and exports (JSON, CSV, prefetch list, nydus-image optimize JSON).
 //! - [`config`] the `accesslog` config section and the recording [`Mode`].
+//! - `hash` the writer's integer-keyed maps (a fast hasher).
 //!
 //! The format and its versioning rules: docs/access-log.md.
 //!
@@ -31,6 +32,7 @@
 pub mod config;
 pub mod event;
 pub mod file;
+mod hash;
 pub mod query;
 pub mod report;
 pub mod resolve;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::event::{Cache, Op, Record};
+use super::event::{Access, Cache, Op, Record};
 use super::file::{read_log, session_files, LogHeader, ParsedLog};
 use super::writer::join;
 use super::Error;
@@ -62,6 +62,55 @@ impl Resolved {
         } else {
             self.pid
         }
+    }
+}
+
+/// `a` with its path filled in from `dir` (the path of `a.inode`), its second path from
+/// `dir2` (the path of `a.aux`: a rename's or link's new parent) and its process
+/// (`(tgid, name)`), as known when it was written.
+pub(crate) fn resolve(
+    a: &Access,
+    dir: Option<&[u8]>,
+    dir2: Option<&[u8]>,
+    proc: Option<(u32, &str)>,
+) -> Resolved {
+    let op = a.op();
+    let named = op.is_some_and(Op::names_child);
+    let path = match (&a.name, dir) {
+        (Some(n), Some(d)) if named => Some(join(d, n)),
+        (_, Some(d)) if !named => Some(d.to_vec()),
+        _ => None,
+    };
+    let path2 = match op {
+        Some(Op::Rename | Op::Link) => {
+            let new_name = if op == Some(Op::Rename) { &a.name2 } else { &a.name };
+            match (dir2, new_name) {
+                (Some(d), Some(n)) => Some(join(d, n)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let (tgid, process) = proc.map_or((0, String::new()), |(t, n)| (t, n.to_string()));
+    let lossy = |p: Vec<u8>| String::from_utf8_lossy(&p).into_owned();
+    Resolved {
+        ts_ns: a.ts_ns,
+        op: op.map_or_else(|| format!("op#{}", a.op), |o| o.name().to_string()),
+        op_kind: op,
+        layer: a.layer,
+        inode: a.inode,
+        aux: a.aux,
+        path: path.map(lossy),
+        path2: path2.map(lossy),
+        offset: a.range.map(|r| r.offset),
+        len: a.range.map(|r| r.len),
+        chunk_first: a.chunks.map(|c| c.first),
+        chunk_last: a.chunks.map(|c| c.last),
+        cache: Cache::from_code(a.cache).map(Cache::name),
+        pid: a.pid,
+        tgid,
+        process,
+        uid: a.uid,
     }
 }
 
@@ -120,45 +169,15 @@ impl Replayer {
             }
             Record::Dropped(d) => self.out.dropped += d.count,
             Record::Access(a) => {
-                let op = a.op();
-                let dir = self.paths.get(&(a.layer, a.inode));
-                let named = op.is_some_and(Op::names_child);
-                let path = match (&a.name, dir) {
-                    (Some(n), Some(d)) if named => Some(join(d, n)),
-                    (_, Some(d)) if !named => Some(d.clone()),
-                    _ => None,
-                };
-                let path2 = match op {
+                let dir = self.paths.get(&(a.layer, a.inode)).map(Vec::as_slice);
+                let dir2 = match a.op() {
                     Some(Op::Rename | Op::Link) => {
-                        let new_name = if op == Some(Op::Rename) { &a.name2 } else { &a.name };
-                        match (self.paths.get(&(a.layer, a.aux)), new_name) {
-                            (Some(d), Some(n)) => Some(join(d, n)),
-                            _ => None,
-                        }
+                        self.paths.get(&(a.layer, a.aux)).map(Vec::as_slice)
                     }
                     _ => None,
                 };
-                let (tgid, process) = self.procs.get(&a.pid).cloned().unwrap_or_default();
-                let lossy = |p: Vec<u8>| String::from_utf8_lossy(&p).into_owned();
-                self.out.events.push(Resolved {
-                    ts_ns: a.ts_ns,
-                    op: op.map_or_else(|| format!("op#{}", a.op), |o| o.name().to_string()),
-                    op_kind: op,
-                    layer: a.layer,
-                    inode: a.inode,
-                    aux: a.aux,
-                    path: path.map(lossy),
-                    path2: path2.map(lossy),
-                    offset: a.range.map(|r| r.offset),
-                    len: a.range.map(|r| r.len),
-                    chunk_first: a.chunks.map(|c| c.first),
-                    chunk_last: a.chunks.map(|c| c.last),
-                    cache: Cache::from_code(a.cache).map(Cache::name),
-                    pid: a.pid,
-                    tgid,
-                    process,
-                    uid: a.uid,
-                });
+                let proc = self.procs.get(&a.pid).map(|(t, n)| (*t, n.as_str()));
+                self.out.events.push(resolve(a, dir, dir2, proc));
             }
         }
     }

@@ -31,7 +31,7 @@ use super::event::{Access, Cache, ChunkSpan, Event, Op, Range};
 use super::file::{LogHeader, LogWriter};
 use super::query::{Filter, Resolved};
 use super::resolve::{PathResolver, ProcFs, ProcessInfo, ProcessResolver};
-use super::writer::{Cmd, Writer};
+use super::writer::{Cmd, Recent, Writer};
 use super::Error;
 
 /// Default number of thread slots: threads beyond it that record at the same time lose their
@@ -211,7 +211,7 @@ pub struct AccessSink {
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
     last_error: Arc<Mutex<Option<String>>>,
-    recent: Arc<Mutex<VecDeque<Resolved>>>,
+    recent: Arc<Mutex<VecDeque<Recent>>>,
 }
 
 impl std::fmt::Debug for AccessSink {
@@ -363,7 +363,7 @@ impl AccessSink {
     pub fn recent(&self, filter: &Filter, limit: usize) -> Vec<Resolved> {
         let q = self.recent.lock();
         let mut v: Vec<Resolved> =
-            q.iter().rev().filter(|e| filter.matches(e)).take(limit).cloned().collect();
+            q.iter().rev().map(Recent::resolve).filter(|e| filter.matches(e)).take(limit).collect();
         v.reverse();
         v
     }

@@ -6,7 +6,7 @@
 //! Timer ticks only `write` (the data then survives a crash of the daemon, not of the
 //! machine); `flush()`, rotation and shutdown also fsync.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,8 @@ use parking_lot::Mutex;
 use super::config::Mode;
 use super::event::{Access, DropRecord, Op, PathRecord, ProcessRecord, Record};
 use super::file::LogWriter;
-use super::query::{Replayer, Resolved};
+use super::hash::{IntMap, IntSet};
+use super::query::{resolve, Resolved};
 use super::resolve::{PathResolver, ProcessInfo, ProcessResolver};
 use super::sink::{touch, Shared, Touch};
 use super::Error;
@@ -49,6 +50,26 @@ pub(crate) enum Cmd {
 
 type Key = (u32, u64);
 
+/// A written event as `GET /api/v1/accesslog` shows it: the access with the paths and the
+/// process it was written under, resolved into a [`Resolved`] only when asked for (most
+/// events are never asked for, so the writer does not pay for strings it would throw away).
+pub(crate) struct Recent {
+    access: Access,
+    /// Path of `access.inode`.
+    dir: Option<Arc<[u8]>>,
+    /// Path of `access.aux` (a rename's or link's new parent).
+    dir2: Option<Arc<[u8]>>,
+    proc: Option<Arc<ProcessInfo>>,
+}
+
+impl Recent {
+    /// The event with its path and process filled in.
+    pub(crate) fn resolve(&self) -> Resolved {
+        let proc = self.proc.as_deref().map(|p| (p.tgid, p.name.as_str()));
+        resolve(&self.access, self.dir.as_deref(), self.dir2.as_deref(), proc)
+    }
+}
+
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     log: LogWriter,
@@ -58,17 +79,21 @@ pub(crate) struct Writer {
     last_error: Arc<Mutex<Option<String>>>,
     batch: Vec<Access>,
     /// Paths learned from lookups or given by the resolver.
-    known: HashMap<Key, Vec<u8>>,
+    known: IntMap<Key, Arc<[u8]>>,
     /// Inodes whose path the current file has (or that could not be resolved for it).
-    emitted_paths: HashSet<Key>,
-    proc_cache: HashMap<u32, (ProcessInfo, Instant)>,
+    emitted_paths: IntSet<Key>,
+    proc_cache: IntMap<u32, (Arc<ProcessInfo>, Instant)>,
+    /// Processes the recording threads looked up, taken from the sink each round.
+    early_procs: IntMap<u32, ProcessInfo>,
     /// Pids whose process the current file has, with what it said.
-    emitted_procs: HashMap<u32, ProcessInfo>,
-    touched: HashSet<(u32, u64, u64)>,
+    emitted_procs: IntMap<u32, Arc<ProcessInfo>>,
+    touched: IntSet<(u32, u64, u64)>,
     reported_drops: u64,
-    /// Replays what is written, for the recent-events view.
-    replayer: Replayer,
-    recent: Arc<Mutex<VecDeque<Resolved>>>,
+    /// The time of this round (process cache ages).
+    now: Instant,
+    /// This round's written events, for the recent-events view.
+    fresh: Vec<Recent>,
+    recent: Arc<Mutex<VecDeque<Recent>>>,
 }
 
 impl Writer {
@@ -79,7 +104,7 @@ impl Writer {
         procs: Arc<dyn ProcessResolver>,
         mode: Mode,
         last_error: Arc<Mutex<Option<String>>>,
-        recent: Arc<Mutex<VecDeque<Resolved>>>,
+        recent: Arc<Mutex<VecDeque<Recent>>>,
     ) -> Self {
         Self {
             shared,
@@ -89,13 +114,15 @@ impl Writer {
             mode,
             last_error,
             batch: Vec::new(),
-            known: HashMap::new(),
-            emitted_paths: HashSet::new(),
-            proc_cache: HashMap::new(),
-            emitted_procs: HashMap::new(),
-            touched: HashSet::new(),
+            known: IntMap::default(),
+            emitted_paths: IntSet::default(),
+            proc_cache: IntMap::default(),
+            early_procs: IntMap::default(),
+            emitted_procs: IntMap::default(),
+            touched: IntSet::default(),
             reported_drops: 0,
-            replayer: Replayer::new(),
+            now: Instant::now(),
+            fresh: Vec::new(),
             recent,
         }
     }
@@ -134,7 +161,11 @@ impl Writer {
         batch.clear();
         self.shared.drain(&mut batch);
         // Rings are in order each; merge them by time (stable: a thread's order is kept).
-        batch.sort_by_key(|a| a.ts_ns);
+        if !batch.is_sorted_by_key(|a| a.ts_ns) {
+            batch.sort_by_key(|a| a.ts_ns);
+        }
+        self.now = Instant::now();
+        self.take_early_procs();
         let drops_before = self.reported_drops;
         let mut records = 0u64;
         let mut events = 0u64;
@@ -151,9 +182,16 @@ impl Writer {
                 continue;
             }
             records += self.before(&a);
-            records += self.push(&Record::Access(a.clone()));
+            let record = Record::Access(a);
+            let written = self.push(&record);
+            records += written;
             events += 1;
+            let Record::Access(a) = record else { continue };
+            let recent = (written == 1).then(|| self.recent_of(&a));
             self.after(&a);
+            if let Some((dir, dir2, proc)) = recent {
+                self.fresh.push(Recent { access: a, dir, dir2, proc });
+            }
         }
         self.batch = batch;
         self.publish_recent();
@@ -197,29 +235,53 @@ impl Writer {
         result
     }
 
-    /// Move newly replayed events to the recent-events view, keeping the last [`RECENT_CAP`].
+    /// The path, second path and process `a` was just written under (what a reader of the
+    /// file would replay it with).
+    #[allow(clippy::type_complexity)]
+    fn recent_of(
+        &self,
+        a: &Access,
+    ) -> (Option<Arc<[u8]>>, Option<Arc<[u8]>>, Option<Arc<ProcessInfo>>) {
+        let dir = self.known.get(&(a.layer, a.inode)).cloned();
+        let dir2 = match a.op() {
+            Some(Op::Rename | Op::Link) => self.known.get(&(a.layer, a.aux)).cloned(),
+            _ => None,
+        };
+        let proc = self.proc_cache.get(&a.pid).map(|(p, _)| p.clone());
+        (dir, dir2, proc)
+    }
+
+    /// Move this round's written events to the recent-events view, keeping the last
+    /// [`RECENT_CAP`].
     fn publish_recent(&mut self) {
-        let new = self.replayer.take_events();
-        self.replayer.bound(KNOWN_CAP);
-        if new.is_empty() {
+        if self.fresh.is_empty() {
             return;
         }
+        let skip = self.fresh.len().saturating_sub(RECENT_CAP);
         let mut q = self.recent.lock();
-        for e in new.into_iter().rev().take(RECENT_CAP).rev() {
-            if q.len() == RECENT_CAP {
-                q.pop_front();
-            }
-            q.push_back(e);
+        let room = RECENT_CAP - (self.fresh.len() - skip);
+        let excess = q.len().saturating_sub(room);
+        q.drain(..excess);
+        q.extend(self.fresh.drain(..).skip(skip));
+    }
+
+    /// Move the processes the recording threads looked up into this thread's map (bounded:
+    /// entries whose events were dropped are never taken, so it is cleared when full).
+    fn take_early_procs(&mut self) {
+        let mut m = self.shared.early_procs.lock();
+        if m.is_empty() {
+            return;
         }
+        if self.early_procs.len() >= super::sink::EARLY_PROCS_CAP {
+            self.early_procs.clear();
+        }
+        self.early_procs.extend(m.drain());
     }
 
     /// Encode one record; returns 1 (or 0 if it could not be encoded, which is counted).
     fn push(&mut self, r: &Record) -> u64 {
         match self.log.push(r) {
-            Ok(()) => {
-                self.replayer.record(r);
-                1
-            }
+            Ok(()) => 1,
             Err(e) => {
                 self.fail(&e);
                 if matches!(r, Record::Access(_)) {
@@ -276,7 +338,7 @@ impl Writer {
         let Some(name) = a.name.as_deref() else { return };
         if op.aux_is_child() && a.aux != 0 {
             if let Some(parent) = self.path_of((a.layer, a.inode)) {
-                self.learn((a.layer, a.aux), join(&parent, name));
+                self.learn((a.layer, a.aux), join(&parent, name).into());
             }
         }
         match op {
@@ -288,14 +350,14 @@ impl Writer {
                 };
                 let Some(new_name) = a.name2.as_deref() else { return };
                 let (from, to) = (join(&old_dir, name), join(&new_dir, new_name));
-                let moved: Vec<(Key, Vec<u8>)> = self
+                let moved: Vec<(Key, Arc<[u8]>)> = self
                     .known
                     .iter()
                     .filter_map(|(k, p)| {
                         under(p, &from).map(|rest| {
                             let mut np = to.clone();
                             np.extend_from_slice(rest);
-                            (*k, np)
+                            (*k, Arc::from(np))
                         })
                     })
                     .collect();
@@ -321,27 +383,32 @@ impl Writer {
         }
     }
 
-    fn learn(&mut self, k: Key, p: Vec<u8>) {
+    fn learn(&mut self, k: Key, p: Arc<[u8]>) {
         if self.known.get(&k) == Some(&p) {
             return;
         }
-        if self.known.len() >= KNOWN_CAP {
-            self.known.clear();
-        }
+        self.bound_known();
         self.known.insert(k, p);
         // The file has an older path (or none) for it: write the new one before its next use.
         self.emitted_paths.remove(&k);
     }
 
+    /// Forget every learned path when [`KNOWN_CAP`] are held; the file then gets each path
+    /// again before its next use (so what it says and what the writer knows never differ).
+    fn bound_known(&mut self) {
+        if self.known.len() >= KNOWN_CAP {
+            self.known.clear();
+            self.emitted_paths.clear();
+        }
+    }
+
     /// The path of `k`, learned or from the resolver.
-    fn path_of(&mut self, k: Key) -> Option<Vec<u8>> {
+    fn path_of(&mut self, k: Key) -> Option<Arc<[u8]>> {
         if let Some(p) = self.known.get(&k) {
             return Some(p.clone());
         }
-        let p = self.paths.as_ref()?.path(k.0, k.1)?;
-        if self.known.len() >= KNOWN_CAP {
-            self.known.clear();
-        }
+        let p: Arc<[u8]> = self.paths.as_ref()?.path(k.0, k.1)?.into();
+        self.bound_known();
         self.known.insert(k, p.clone());
         Some(p)
     }
@@ -351,23 +418,18 @@ impl Writer {
             return 0;
         }
         match self.path_of(k) {
-            Some(path) => self.push(&Record::Path(PathRecord { layer: k.0, inode: k.1, path })),
+            Some(path) => {
+                let path = path.to_vec();
+                self.push(&Record::Path(PathRecord { layer: k.0, inode: k.1, path }))
+            }
             None => 0,
         }
     }
 
     fn process(&mut self, pid: u32) -> u64 {
-        let now = Instant::now();
-        // A recording thread may have looked the process up while it ran: that wins. Entries
-        // whose events were dropped are never taken; the map is cleared before it fills.
-        let early = {
-            let mut m = self.shared.early_procs.lock();
-            let e = m.remove(&pid);
-            if m.len() >= super::sink::EARLY_PROCS_CAP / 2 {
-                m.clear();
-            }
-            e
-        };
+        // A recording thread may have looked the process up while it ran: that wins.
+        let early = self.early_procs.remove(&pid);
+        let now = self.now;
         let fresh = early.is_none()
             && self.proc_cache.get(&pid).is_some_and(|(_, at)| now.duration_since(*at) < PROC_TTL);
         if !fresh {
@@ -378,17 +440,17 @@ impl Writer {
             // A thread that has exited keeps the name it had when last seen.
             let info = match self.proc_cache.get(&pid) {
                 Some((old, _)) if info.name.is_empty() => old.clone(),
-                _ => info,
+                _ => Arc::new(info),
             };
             self.proc_cache.insert(pid, (info, now));
         }
-        let info = &self.proc_cache[&pid].0;
-        if self.emitted_procs.get(&pid) == Some(info) {
+        let info = self.proc_cache[&pid].0.clone();
+        if self.emitted_procs.get(&pid).is_some_and(|e| **e == *info) {
             return 0;
         }
-        let info = info.clone();
         self.emitted_procs.insert(pid, info.clone());
-        self.push(&Record::Process(ProcessRecord { pid, tgid: info.tgid, name: info.name }))
+        let name = info.name.clone();
+        self.push(&Record::Process(ProcessRecord { pid, tgid: info.tgid, name }))
     }
 }
 
