@@ -10,7 +10,7 @@
 //! - [`query`] replaying a log into events with paths and processes; filters.
 //! - [`report`] stats and exports (JSON, CSV, prefetch list, nydus-image optimize JSON).
 //! - [`config`] the `accesslog` config section and the recording [`Mode`].
-//! - `hash` the writer's integer-keyed maps (a fast hasher).
+//! - `hash` integer-keyed maps with a fast hasher (the writer's, the image path table).
 //!
 //! The format and its versioning rules: docs/access-log.md.
 //!
@@ -32,7 +32,7 @@
 pub mod config;
 pub mod event;
 pub mod file;
-mod hash;
+pub(crate) mod hash;
 pub mod query;
 pub mod report;
 pub mod resolve;

@@ -165,15 +165,16 @@ impl Instance {
             latest: config.rafs.latest_read_files,
         };
         let metrics = Arc::new(FsMetrics::new(id, recorders));
+        // One walk of the image answers both the log's paths and the prefetch table's.
+        let paths = Arc::new(ImagePaths::new(image.clone()));
         let access = if config.accesslog.enabled() && config.overlay.is_none() {
-            let opts = SinkOptions::new(config.accesslog.clone())
-                .paths(Arc::new(ImagePaths::new(image.clone())));
+            let opts = SinkOptions::new(config.accesslog.clone()).paths(paths.clone());
             Arc::new(AccessSink::start(opts)?)
         } else {
             Arc::new(AccessSink::off())
         };
         let prefetch = match &cache {
-            Some(c) => start_prefetch(&image, c, &config.prefetch)?,
+            Some(c) => start_prefetch(&image, &paths, c, &config.prefetch)?,
             None => None,
         };
         let fs = RafsFs::new(
@@ -206,6 +207,7 @@ impl Instance {
 /// cache holds, and start the engine. `None` when prefetch is off or there is nothing to fetch.
 fn start_prefetch(
     image: &Arc<Image>,
+    paths: &ImagePaths,
     cache: &Arc<ChunkCache>,
     p: &PrefetchConfig,
 ) -> Result<Option<Engine>, ServiceError> {
@@ -218,9 +220,8 @@ fn start_prefetch(
         touches.extend(crate::prefetch::touches_from_events(&replay.events));
     }
     if p.files.is_empty() && !image.prefetch.is_empty() {
-        let paths = ImagePaths::new(image.clone());
         for nid in &image.prefetch {
-            if let Some(path) = crate::accesslog::PathResolver::path(&paths, 0, *nid) {
+            if let Some(path) = crate::accesslog::PathResolver::path(paths, 0, *nid) {
                 touches.push(Touch::whole(String::from_utf8_lossy(&path)));
             }
         }
