@@ -1,5 +1,5 @@
 //! The daemon (`stratad`): nydusd-compatible configuration ([`config`], [`args`]), the FUSE
-//! filesystem over RAFS images ([`rafsfs`]), the running service and its pseudo mounts
+//! filesystem over RAFS images ([`rafsfs`]) and its inodes' paths ([`image_paths`]), the running service and its pseudo mounts
 //! ([`service`]), io statistics in nydusd's shapes ([`metrics`]), the HTTP API on a unix
 //! socket ([`api`]) and the lifecycle ([`run`]). The only module that knows about FUSE
 //! sessions and HTTP; `rafs` and `storage` know nothing of either.
@@ -7,6 +7,7 @@
 pub mod api;
 pub mod args;
 pub mod config;
+pub mod image_paths;
 #[macro_use]
 pub mod log;
 pub mod metrics;

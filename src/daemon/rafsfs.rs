@@ -30,8 +30,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::api::BackendFileSystem;
 
 use super::metrics::{Events, Fop, FsMetrics};
-use crate::accesslog::hash::IntMap;
-use crate::accesslog::{AccessSink, Cache, Event, Op, PathResolver};
+use crate::accesslog::{AccessSink, Cache, Event, Op};
 use crate::rafs::chunk::{ChunkReader, ChunkRef};
 use crate::rafs::reader::{Image, Inode, ReadError};
 
@@ -542,54 +541,6 @@ impl FileSystem for RafsFs {
     }
 }
 
-/// Paths of an image's inodes for the access log. The first question walks the image once
-/// and keeps nid → path (first name of a hard-linked file); it runs on the log's writer thread,
-/// and only for inodes the log did not see named by a lookup (e.g. entries the kernel got from
-/// readdirplus).
-pub struct ImagePaths {
-    image: Arc<Image>,
-    paths: std::sync::OnceLock<PathTable>,
-}
-
-/// nid → path, the paths back to back in one buffer (one allocation for the lot, not one per
-/// inode: the table is built when a container starts, on a core its requests want).
-#[derive(Default)]
-struct PathTable {
-    bytes: Vec<u8>,
-    at: IntMap<u64, (usize, u32)>,
-}
-
-impl ImagePaths {
-    /// Paths of `image`.
-    pub fn new(image: Arc<Image>) -> Self {
-        Self { image, paths: std::sync::OnceLock::new() }
-    }
-
-    fn table(&self) -> &PathTable {
-        self.paths.get_or_init(|| {
-            let mut t = PathTable::default();
-            // A damaged image yields what was walked before the damage.
-            let _ = self.image.walk::<ReadError>(|path, inode| {
-                let Ok(len) = u32::try_from(path.len()) else { return Ok(true) };
-                if let std::collections::hash_map::Entry::Vacant(v) = t.at.entry(inode.nid) {
-                    v.insert((t.bytes.len(), len));
-                    t.bytes.extend_from_slice(path);
-                }
-                Ok(true)
-            });
-            t
-        })
-    }
-}
-
-impl PathResolver for ImagePaths {
-    fn path(&self, _layer: u32, nid: u64) -> Option<Vec<u8>> {
-        let t = self.table();
-        let &(at, len) = t.at.get(&nid)?;
-        t.bytes.get(at..at + len as usize).map(<[u8]>::to_vec)
-    }
-}
-
 impl BackendFileSystem for RafsFs {
     fn mount(&self) -> io::Result<(Entry, u64)> {
         let root = self.image.root().map_err(|e| self.fail("root".into(), &e))?;
@@ -599,32 +550,5 @@ impl BackendFileSystem for RafsFs {
 
     fn as_any(&self) -> &dyn Any {
         self
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_paths_name_every_inode_and_only_those() {
-        let boot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/nydus-image/v6-default/bootstrap");
-        let image = Arc::new(Image::open(&boot).unwrap());
-        let mut want = std::collections::HashMap::new();
-        image
-            .walk::<ReadError>(|path, inode| {
-                want.entry(inode.nid).or_insert_with(|| path.to_vec());
-                Ok(true)
-            })
-            .unwrap();
-        assert!(want.len() > 10, "fixture walk found {} inodes", want.len());
-        let paths = ImagePaths::new(image.clone());
-        for (nid, path) in &want {
-            assert_eq!(paths.path(0, *nid).as_deref(), Some(&path[..]), "nid {nid}");
-        }
-        let root = image.root().unwrap().nid;
-        assert_eq!(paths.path(0, root).as_deref(), Some(&b"/"[..]));
-        assert_eq!(paths.path(0, u64::MAX), None);
     }
 }

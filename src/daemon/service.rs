@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 
 use super::api::{ApiError, DaemonControl, MountRequest};
 use super::config::{BackendConfig, CacheKind, DaemonConfig, PrefetchConfig};
+use super::image_paths::ImagePaths;
 use super::metrics::{Events, FsMetrics, Recorders};
-use super::rafsfs::{ImagePaths, RafsFs};
+use super::rafsfs::RafsFs;
 use crate::accesslog::{AccessSink, Filter, SinkOptions};
 use crate::prefetch::{Engine, EngineOptions, PlanOptions, Touch};
 use crate::rafs::chunk::ChunkReader;
