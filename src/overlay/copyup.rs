@@ -52,8 +52,7 @@ impl OverlayFs {
         let &(l, lid) = v.lowers.first().ok_or_else(|| errno(libc::ESTALE))?;
         let layer = &self.layers[l];
         let st = layer.getattr(lid)?;
-        let ph = parent.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-        let pfd = self.upper.open(ph, libc::O_PATH | libc::O_DIRECTORY)?;
+        let pfd = self.dir_fd(parent)?;
         let work = self.upper.work_fd();
         let tmp = self.upper.tmp_name();
         // Copy-up is not a change users made: the parent keeps its times (as in the kernel).

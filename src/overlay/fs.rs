@@ -83,11 +83,6 @@ impl OverlayFs {
         self.entry(0, crate::sys::zeroed_stat64())
     }
 
-    /// Upper descriptor of a directory that has one.
-    fn dir_fd(&self, v: &NodeView) -> io::Result<OwnedFd> {
-        self.open_upper(v, libc::O_PATH | libc::O_DIRECTORY)
-    }
-
     /// Resolve and install `name` in `parent`, counting a lookup (callers that only need the
     /// node for an operation give it back with `release`).
     fn child(&self, parent: &NodeView, name: &[u8]) -> io::Result<Option<(u64, stat64)>> {
@@ -98,7 +93,9 @@ impl OverlayFs {
     }
 
     fn release(&self, id: u64) {
-        self.table.lock().forget(id, 1);
+        if self.table.lock().forget(id, 1) {
+            self.drop_dir_fd(id);
+        }
     }
 
     /// The merged listing of directory `v` (without `.` and `..`).
@@ -432,13 +429,16 @@ impl OverlayFs {
             }
         }
         self.table.lock().unlinked(id, p.id, name, last_link, kept);
+        if dir {
+            self.drop_dir_fd(id);
+        }
         Ok(())
     }
 
     /// A directory being moved gets what keeps its content right at the new name: a redirect
     /// to its lower origin, or opacity when it has none but a lower layer has the new name.
     fn prepare_dir_move(&self, v: &NodeView, newp: &NodeView, newname: &[u8]) -> io::Result<()> {
-        let fd = self.open_upper(v, libc::O_PATH | libc::O_DIRECTORY)?;
+        let fd = self.dir_fd(v)?;
         let path = fd_path(fd.as_raw_fd());
         if !v.lowers.is_empty() {
             if let Some(lp) = &v.lower_path {
@@ -585,19 +585,21 @@ impl OverlayFs {
         t.renamed(sid, np.id, newname);
         if let Some((did, _)) = dst {
             t.unlinked(did, np.id, newname, last_link, kept);
+            drop(t);
+            self.drop_dir_fd(did);
         }
         Ok(())
     }
 
     /// Path for xattr calls on node `v`'s upper object, and whether to follow it.
-    fn xattr_path(&self, v: &NodeView) -> io::Result<(Vec<u8>, Option<OwnedFd>, bool)> {
+    fn xattr_path(&self, v: &NodeView) -> io::Result<(Vec<u8>, Option<Arc<OwnedFd>>, bool)> {
         if v.kind == libc::S_IFLNK {
             let p = self.view(v.parent)?;
             let pfd = self.dir_fd(&p)?;
             let path = child_path(pfd.as_raw_fd(), &v.name);
             return Ok((path, Some(pfd), false));
         }
-        let fd = self.open_upper(v, libc::O_PATH)?;
+        let fd = self.upper_fd(v)?.ok_or_else(|| errno(libc::ESTALE))?;
         Ok((fd_path(fd.as_raw_fd()), Some(fd), true))
     }
 
@@ -760,13 +762,26 @@ impl FileSystem for OverlayFs {
     }
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
-        self.table.lock().forget(inode, count);
+        if self.table.lock().forget(inode, count) {
+            self.drop_dir_fd(inode);
+        }
     }
 
     fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
-        let mut t = self.table.lock();
-        for (i, c) in requests {
-            t.forget(i, c);
+        let mut gone = Vec::new();
+        {
+            let mut t = self.table.lock();
+            for (i, c) in requests {
+                if t.forget(i, c) {
+                    gone.push(i);
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let mut d = self.dirs.lock();
+            for i in gone {
+                d.remove(i);
+            }
         }
     }
 
@@ -799,7 +814,7 @@ impl FileSystem for OverlayFs {
     ) -> io::Result<(stat64, Duration)> {
         let truncating = valid.contains(SetattrValid::SIZE) && attr.st_size == 0;
         let v = self.copy_up(inode, !truncating)?;
-        let fd = self.open_upper(&v, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let fd = self.upper_fd(&v)?.ok_or_else(|| errno(libc::ESTALE))?;
         let raw = fd.as_raw_fd();
         if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
             let uid =

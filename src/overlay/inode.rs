@@ -287,15 +287,15 @@ impl Table {
         }
     }
 
-    /// The kernel dropped `count` references to `id`.
-    pub fn forget(&mut self, id: u64, count: u64) {
+    /// The kernel dropped `count` references to `id`; true when that dropped the node.
+    pub fn forget(&mut self, id: u64, count: u64) -> bool {
         if id == ROOT {
-            return;
+            return false;
         }
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else { return false };
         n.lookups = n.lookups.saturating_sub(count);
         if n.lookups > 0 {
-            return;
+            return false;
         }
         let n = self.nodes.remove(&id).expect("present");
         if let Some(u) = n.upper_ino {
@@ -308,6 +308,7 @@ impl Table {
                 self.by_lower.remove(k);
             }
         }
+        true
     }
 
     /// Number of nodes (tests and metrics).
