@@ -62,7 +62,7 @@ impl OverlayFs {
         let keep_ino = st.st_nlink <= 1 || v.is_dir();
         let built =
             self.build_copy(layer.as_ref(), lid, &st, keep_ino.then_some(v.ino), &tmp, data);
-        let placed = built.and_then(|()| {
+        let placed = built.and_then(|no_caps| {
             upper::rename(
                 work,
                 &tmp,
@@ -70,11 +70,15 @@ impl OverlayFs {
                 &v.name,
                 nix::fcntl::RenameFlags::RENAME_NOREPLACE,
             )
+            .map(|()| no_caps)
         });
-        if let Err(e) = placed {
-            let _ = upper::remove_tree(work, &tmp);
-            return Err(e);
-        }
+        let no_caps = match placed {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = upper::remove_tree(work, &tmp);
+                return Err(e);
+            }
+        };
         let ts = |s: i64, ns: i64| libc::timespec { tv_sec: s, tv_nsec: ns };
         crate::sys::utimensat(
             pfd.as_raw_fd(),
@@ -83,11 +87,18 @@ impl OverlayFs {
         )?;
         let h = crate::sys::name_to_handle_at(pfd.as_raw_fd(), &v.name)?;
         let ust = crate::sys::fstatat(pfd.as_raw_fd(), &v.name)?;
-        self.table.lock().copied_up(v.id, h, ust.st_ino, (!keep_ino).then_some(ust.st_ino));
+        self.table.lock().copied_up(
+            v.id,
+            h,
+            ust.st_ino,
+            (!keep_ino).then_some(ust.st_ino),
+            no_caps,
+        );
         self.view(v.id)
     }
 
-    /// Build the copy of lower object `lid` as `tmp` in the staging directory.
+    /// Build the copy of lower object `lid` as `tmp` in the staging directory; true when it
+    /// has no file capability (none among the xattrs copied).
     fn build_copy(
         &self,
         layer: &dyn Layer,
@@ -96,7 +107,7 @@ impl OverlayFs {
         ino: Option<u64>,
         tmp: &[u8],
         data: bool,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let work = self.upper.work_fd();
         let name = std::ffi::OsStr::from_bytes(tmp);
         let kind = st.st_mode & libc::S_IFMT;
@@ -136,10 +147,12 @@ impl OverlayFs {
             )?,
         }
         let path = child_path(work, tmp);
+        let mut no_caps = true;
         for (k, val) in layer.xattrs(lid)? {
             if upper::is_private(&k) {
                 continue;
             }
+            no_caps &= k != upper::CAPS.as_bytes();
             crate::sys::lsetxattr(&path, &k, &val, 0, false)?;
         }
         upper::chown(work, tmp, st.st_uid, st.st_gid)?;
@@ -160,7 +173,7 @@ impl OverlayFs {
                 f.sync_all()?;
             }
         }
-        Ok(())
+        Ok(no_caps)
     }
 }
 

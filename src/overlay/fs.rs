@@ -1117,7 +1117,9 @@ impl FileSystem for OverlayFs {
         }
         let v = self.copy_up(inode, true)?;
         let (path, fd, follow) = self.xattr_path(&v)?;
-        crate::sys::lsetxattr(&path, name.to_bytes(), value, flags as i32, follow)?;
+        let set = crate::sys::lsetxattr(&path, name.to_bytes(), value, flags as i32, follow);
+        self.table.lock().xattrs_changed(v.id);
+        set?;
         if let (true, Some(fd)) = (
             name.to_bytes() == ACL_ACCESS.as_bytes() && ctx.uid != 0,
             follow.then_some(fd).flatten(),
@@ -1145,6 +1147,11 @@ impl FileSystem for OverlayFs {
             return Err(errno(libc::ENODATA));
         }
         let v = self.view(inode)?;
+        let caps = name.to_bytes() == upper::CAPS.as_bytes();
+        if caps && v.no_caps {
+            // Asked before every write; see `Node::no_caps`.
+            return Err(errno(libc::ENODATA));
+        }
         let val = if v.upper.is_some() {
             let (path, _fd, follow) = self.xattr_path(&v)?;
             let p = upper::as_path(&path);
@@ -1157,7 +1164,12 @@ impl FileSystem for OverlayFs {
         } else {
             self.all_xattrs(&v)?.into_iter().find(|(k, _)| k == name.to_bytes()).map(|(_, v)| v)
         };
-        let val = val.ok_or_else(|| errno(libc::ENODATA))?;
+        let Some(val) = val else {
+            if caps {
+                self.table.lock().caps_absent(v.id, v.xattr_gen);
+            }
+            return Err(errno(libc::ENODATA));
+        };
         match size {
             0 => Ok(GetxattrReply::Count(val.len() as u32)),
             s if (s as usize) < val.len() => Err(errno(libc::ERANGE)),
@@ -1190,11 +1202,9 @@ impl FileSystem for OverlayFs {
         let (path, _fd, follow) = self.xattr_path(&v)?;
         let p = upper::as_path(&path);
         let n = os(name.to_bytes());
-        if follow {
-            xattr::remove_deref(p, n)
-        } else {
-            xattr::remove(p, n)
-        }
+        let removed = if follow { xattr::remove_deref(p, n) } else { xattr::remove(p, n) };
+        self.table.lock().xattrs_changed(v.id);
+        removed
     }
 
     fn opendir(

@@ -24,6 +24,8 @@ pub const OPAQUE: &str = "trusted.overlay.opaque";
 pub const REDIRECT: &str = "trusted.overlay.redirect";
 /// The inode number a copied-up object showed (decimal).
 pub const ORIGIN_INO: &str = "trusted.overlay.strata.ino";
+/// A file capability (the kernel asks for it before every write, to drop it).
+pub const CAPS: &str = "security.capability";
 /// Staging directory inside the work directory.
 pub const STAGING: &str = "strata";
 
