@@ -35,6 +35,8 @@ pub struct Upper {
     root: OwnedFd,
     work: OwnedFd,
     next_tmp: AtomicU64,
+    /// Our pid, in staging names (read once: it is a syscall).
+    pid: u32,
 }
 
 /// Open a directory for reading (open_by_handle_at refuses O_PATH mount descriptors).
@@ -82,6 +84,7 @@ impl Upper {
             root,
             work,
             next_tmp: AtomicU64::new(0),
+            pid: std::process::id(),
         })
     }
 
@@ -113,7 +116,7 @@ impl Upper {
     /// A fresh staging name.
     pub fn tmp_name(&self) -> Vec<u8> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        format!("#{}-{n}", std::process::id()).into_bytes()
+        format!("#{}-{n}", self.pid).into_bytes()
     }
 }
 
