@@ -62,7 +62,7 @@ impl OverlayFs {
         let keep_ino = st.st_nlink <= 1 || v.is_dir();
         let built =
             self.build_copy(layer.as_ref(), lid, &st, keep_ino.then_some(v.ino), &tmp, data);
-        let placed = built.and_then(|no_caps| {
+        let placed = built.and_then(|absent| {
             upper::rename(
                 work,
                 &tmp,
@@ -70,9 +70,9 @@ impl OverlayFs {
                 &v.name,
                 nix::fcntl::RenameFlags::RENAME_NOREPLACE,
             )
-            .map(|()| no_caps)
+            .map(|()| absent)
         });
-        let no_caps = match placed {
+        let absent = match placed {
             Ok(n) => n,
             Err(e) => {
                 let _ = upper::remove_tree(work, &tmp);
@@ -87,18 +87,12 @@ impl OverlayFs {
         )?;
         let h = crate::sys::name_to_handle_at(pfd.as_raw_fd(), &v.name)?;
         let ust = crate::sys::fstatat(pfd.as_raw_fd(), &v.name)?;
-        self.table.lock().copied_up(
-            v.id,
-            h,
-            ust.st_ino,
-            (!keep_ino).then_some(ust.st_ino),
-            no_caps,
-        );
+        self.table.lock().copied_up(v.id, h, ust.st_ino, (!keep_ino).then_some(ust.st_ino), absent);
         self.view(v.id)
     }
 
-    /// Build the copy of lower object `lid` as `tmp` in the staging directory; true when it
-    /// has no file capability (none among the xattrs copied).
+    /// Build the copy of lower object `lid` as `tmp` in the staging directory; says whether it
+    /// has no file capability and no default ACL (none among the xattrs copied).
     fn build_copy(
         &self,
         layer: &dyn Layer,
@@ -107,7 +101,7 @@ impl OverlayFs {
         ino: Option<u64>,
         tmp: &[u8],
         data: bool,
-    ) -> io::Result<bool> {
+    ) -> io::Result<(bool, bool)> {
         let work = self.upper.work_fd();
         let name = std::ffi::OsStr::from_bytes(tmp);
         let kind = st.st_mode & libc::S_IFMT;
@@ -159,12 +153,13 @@ impl OverlayFs {
             Some(f) => xattr::FileExt::set_xattr(f, std::ffi::OsStr::from_bytes(k), val),
             None => crate::sys::lsetxattr(&path, k, val, 0, false),
         };
-        let mut no_caps = true;
+        let (mut no_caps, mut no_default_acl) = (true, true);
         for (k, val) in layer.xattrs(lid)? {
             if upper::is_private(&k) {
                 continue;
             }
             no_caps &= k != upper::CAPS.as_bytes();
+            no_default_acl &= k != upper::DEFAULT_ACL.as_bytes();
             set_xattr(&k, &val)?;
         }
         if let Some(ino) = ino {
@@ -189,7 +184,7 @@ impl OverlayFs {
                 f.sync_all()?;
             }
         }
-        Ok(no_caps)
+        Ok((no_caps, no_default_acl))
     }
 }
 

@@ -31,7 +31,7 @@ const NAME_MAX: usize = 255;
 /// The xattr holding a POSIX access ACL (the kernel enforces it: FUSE_POSIX_ACL).
 const ACL_ACCESS: &str = "system.posix_acl_access";
 /// The xattr holding a directory's default ACL, inherited by what is created in it.
-const ACL_DEFAULT: &str = "system.posix_acl_default";
+const ACL_DEFAULT: &str = upper::DEFAULT_ACL;
 
 /// One entry of a merged directory listing.
 #[derive(Clone, Debug)]
@@ -190,46 +190,26 @@ impl OverlayFs {
         }
         let pfd = self.dir_fd(&p)?;
         let pfd = pfd.as_raw_fd();
-        let replace = match crate::sys::fstatat(pfd, name) {
-            Ok(st) if super::layer::is_whiteout(&st) => true,
-            Ok(_) => return Err(errno(libc::EEXIST)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+        // Create in place; only when the name is taken look at what takes it (the kernel
+        // looked it up and found nothing, so that is a whiteout, replaced through staging).
+        let (file, exact) = match self.make_at(ctx, &p, pfd, pfd, name, &what, umask) {
+            Ok(made) => made,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                match crate::sys::fstatat(pfd, name) {
+                    Ok(st) if super::layer::is_whiteout(&st) => {}
+                    Ok(_) => return Err(e),
+                    Err(e2) if e2.raw_os_error() == Some(libc::ENOENT) => return Err(e),
+                    Err(e2) => return Err(e2),
+                }
+                (self.replace_whiteout(ctx, &p, pfd, name, &what, umask)?, None)
+            }
             Err(e) => return Err(e),
         };
-        let work = self.upper.work_fd();
-        let tmp;
-        let (tdir, tname) = if replace {
-            tmp = self.upper.tmp_name();
-            (work, tmp.as_slice())
-        } else {
-            (pfd, name)
+        // The attributes make_at saw last, unless it changed them after (or renamed/linked).
+        let st = match exact {
+            Some(st) => st,
+            None => crate::sys::fstatat(pfd, name)?,
         };
-        let made = self.make_at(ctx, pfd, tdir, tname, &what, umask);
-        let file = match made {
-            Ok(f) => f,
-            Err(e) => {
-                if replace {
-                    let _ = upper::remove_tree(work, tname);
-                }
-                return Err(e);
-            }
-        };
-        if replace {
-            let placed = if let Make::Dir(_) = what {
-                upper::set_private(&child_path(work, tname), upper::OPAQUE, b"y")
-                    .and_then(|()| {
-                        upper::rename(work, tname, pfd, name, RenameFlags::RENAME_EXCHANGE)
-                    })
-                    .and_then(|()| upper::unlink(work, tname, false))
-            } else {
-                upper::rename(work, tname, pfd, name, RenameFlags::empty())
-            };
-            if let Err(e) = placed {
-                let _ = upper::remove_tree(work, tname);
-                return Err(e);
-            }
-        }
-        let st = crate::sys::fstatat(pfd, name)?;
         let kind = st.st_mode & libc::S_IFMT;
         let id = match what {
             Make::Link(v) => {
@@ -247,26 +227,72 @@ impl OverlayFs {
         Ok((id, st, file))
     }
 
+    /// Create `name` in `pfd` over the whiteout there: built in the staging directory, then
+    /// renamed over it (a directory swapped in opaque, the whiteout then removed).
+    fn replace_whiteout(
+        &self,
+        ctx: &Context,
+        p: &NodeView,
+        pfd: i32,
+        name: &[u8],
+        what: &Make<'_>,
+        umask: u32,
+    ) -> io::Result<Option<File>> {
+        let work = self.upper.work_fd();
+        let tmp = self.upper.tmp_name();
+        let tname = tmp.as_slice();
+        let file = match self.make_at(ctx, p, pfd, work, tname, what, umask) {
+            Ok((f, _)) => f,
+            Err(e) => {
+                let _ = upper::remove_tree(work, tname);
+                return Err(e);
+            }
+        };
+        let placed = if let Make::Dir(_) = what {
+            upper::set_private(&child_path(work, tname), upper::OPAQUE, b"y")
+                .and_then(|()| upper::rename(work, tname, pfd, name, RenameFlags::RENAME_EXCHANGE))
+                .and_then(|()| upper::unlink(work, tname, false))
+        } else {
+            upper::rename(work, tname, pfd, name, RenameFlags::empty())
+        };
+        if let Err(e) = placed {
+            let _ = upper::remove_tree(work, tname);
+            return Err(e);
+        }
+        Ok(file)
+    }
+
     /// Create the object in `tdir`/`tname` (the parent `pfd`, or the staging dir when it
     /// replaces a whiteout) with the caller's ownership, and the parent's default ACL or else
-    /// the caller's `umask` applied to its mode.
+    /// the caller's `umask` applied to its mode. Also returns its attributes when nothing
+    /// changed them after they were read (a hard link: never).
+    #[allow(clippy::too_many_arguments)]
     fn make_at(
         &self,
         ctx: &Context,
+        p: &NodeView,
         pfd: i32,
         tdir: i32,
         tname: &[u8],
         what: &Make<'_>,
         umask: u32,
-    ) -> io::Result<Option<File>> {
+    ) -> io::Result<(Option<File>, Option<stat64>)> {
         use nix::sys::stat::{Mode, SFlag};
         let n = os(tname);
         let mut file = None;
         let mut mode = 0;
-        let default_acl = match xattr::get_deref(upper::as_path(&fd_path(pfd)), ACL_DEFAULT) {
-            Ok(v) => v,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => None,
-            Err(e) => return Err(e),
+        let default_acl = if p.no_default_acl {
+            None
+        } else {
+            match xattr::get_deref(upper::as_path(&fd_path(pfd)), ACL_DEFAULT) {
+                Ok(Some(v)) => Some(v),
+                Ok(None) => {
+                    self.table.lock().default_acl_absent(p.id, p.xattr_gen);
+                    None
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => None,
+                Err(e) => return Err(e),
+            }
         };
         // With a default ACL the new object's permissions come from it (the upper filesystem
         // applies it when creating in the parent itself); without one the umask applies.
@@ -315,7 +341,7 @@ impl OverlayFs {
                     n,
                     nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
                 )?;
-                return Ok(None);
+                return Ok((None, None));
             }
         }
         let mut st = crate::sys::fstatat(tdir, tname)?;
@@ -345,14 +371,17 @@ impl OverlayFs {
         // What creation gave it (the requested mode, or masked by a default ACL).
         let made = st.st_mode & 0o7777;
         let want = if is_dir && sgid_dir { made | libc::S_ISGID } else { made };
+        let mut exact = (!chowned).then_some(st);
         if !is_link {
             // chown may have cleared setuid/setgid: look again only then.
             let now = if chowned { crate::sys::fstatat(tdir, tname)? } else { st };
+            exact = Some(now);
             if now.st_mode & 0o7777 != want {
                 upper::chmod(&child_path(tdir, tname), want)?;
+                exact = None;
             }
         }
-        Ok(file)
+        Ok((file, exact))
     }
 
     /// Remove `name` from `parent` (a directory when `dir`).

@@ -45,6 +45,9 @@ pub struct Node {
     /// every write (to drop file capabilities), and the answer is served from here. Only a
     /// SETXATTR through the mount can add one: it bumps `xattr_gen` and clears this.
     pub no_caps: bool,
+    /// The directory is known to have no default ACL (`system.posix_acl_default`), read
+    /// at every creation in it; kept like `no_caps`.
+    pub no_default_acl: bool,
     /// Counts the node's xattr changes, so a lookup that found no capability records that only
     /// when no change came in between (see [`Table::caps_absent`]).
     pub xattr_gen: u64,
@@ -73,6 +76,8 @@ pub struct NodeView {
     pub kept: Option<Arc<OwnedFd>>,
     /// See [`Node::no_caps`].
     pub no_caps: bool,
+    /// See [`Node::no_default_acl`].
+    pub no_default_acl: bool,
     /// See [`Node::xattr_gen`].
     pub xattr_gen: u64,
 }
@@ -117,6 +122,7 @@ impl Table {
                 lookups: 1,
                 kept: None,
                 no_caps: false,
+                no_default_acl: false,
                 xattr_gen: 0,
             },
         );
@@ -139,6 +145,7 @@ impl Table {
             ino: n.ino,
             kept: n.kept.clone(),
             no_caps: n.no_caps,
+            no_default_acl: n.no_default_acl,
             xattr_gen: n.xattr_gen,
         })
     }
@@ -190,6 +197,7 @@ impl Table {
                 lookups: 1,
                 kept: None,
                 no_caps: false,
+                no_default_acl: false,
                 xattr_gen: 0,
             },
         );
@@ -237,17 +245,19 @@ impl Table {
 
     /// Node `id` now has an upper object (copy-up finished); `shown` replaces the inode
     /// number users see when the copy could not keep the lower one; `no_caps` says the copy
-    /// has no file capability (copy-up copied the lower object's xattrs and saw none).
+    /// has no file capability and `no_default_acl` no default ACL (copy-up copied the lower
+    /// object's xattrs and saw none).
     pub fn copied_up(
         &mut self,
         id: u64,
         upper: FileHandle,
         upper_ino: u64,
         shown: Option<u64>,
-        no_caps: bool,
+        (no_caps, no_default_acl): (bool, bool),
     ) {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.no_caps = no_caps;
+            n.no_default_acl = no_default_acl;
             n.upper = Some(Arc::new(upper));
             n.upper_ino = Some(upper_ino);
             if let Some(s) = shown {
@@ -262,6 +272,7 @@ impl Table {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.xattr_gen += 1;
             n.no_caps = false;
+            n.no_default_acl = false;
         }
     }
 
@@ -270,6 +281,13 @@ impl Table {
     pub fn caps_absent(&mut self, id: u64, gen: u64) {
         if let Some(n) = self.nodes.get_mut(&id).filter(|n| n.xattr_gen == gen) {
             n.no_caps = true;
+        }
+    }
+
+    /// Like [`Table::caps_absent`], for directory `id`'s default ACL.
+    pub fn default_acl_absent(&mut self, id: u64, gen: u64) {
+        if let Some(n) = self.nodes.get_mut(&id).filter(|n| n.xattr_gen == gen) {
+            n.no_default_acl = true;
         }
     }
 
@@ -455,10 +473,15 @@ mod tests {
         assert!(t.view(a).unwrap().no_caps);
         t.xattrs_changed(a);
         assert!(!t.view(a).unwrap().no_caps);
-        t.copied_up(a, handle(2), 51, None, true);
+        t.copied_up(a, handle(2), 51, None, (true, false));
         assert!(t.view(a).unwrap().no_caps);
-        t.copied_up(c, handle(3), 52, None, false);
+        t.copied_up(c, handle(3), 52, None, (false, true));
         assert!(!t.view(c).unwrap().no_caps);
+        assert!(t.view(c).unwrap().no_default_acl);
+        let v = t.view(c).unwrap();
+        t.xattrs_changed(c);
+        t.default_acl_absent(c, v.xattr_gen);
+        assert!(!t.view(c).unwrap().no_default_acl);
     }
 
     #[test]
@@ -468,7 +491,7 @@ mod tests {
         t.unlinked(a, ROOT, b"a", true, None);
         let b = t.created(ROOT, b"b", libc::S_IFREG, handle(2), 50, 50);
         assert_ne!(a, b);
-        t.copied_up(b, handle(3), 51, None, true);
+        t.copied_up(b, handle(3), 51, None, (true, true));
         assert_eq!(t.by_upper.get(&51), Some(&b));
     }
 }

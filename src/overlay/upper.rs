@@ -26,6 +26,8 @@ pub const REDIRECT: &str = "trusted.overlay.redirect";
 pub const ORIGIN_INO: &str = "trusted.overlay.strata.ino";
 /// A file capability (the kernel asks for it before every write, to drop it).
 pub const CAPS: &str = "security.capability";
+/// A directory's default ACL (read at every creation in it).
+pub const DEFAULT_ACL: &str = "system.posix_acl_default";
 /// Staging directory inside the work directory.
 pub const STAGING: &str = "strata";
 
