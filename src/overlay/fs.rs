@@ -92,6 +92,15 @@ impl OverlayFs {
         }
     }
 
+    /// Forget open handle `handle`. The file is closed (or the listing freed) after the lock
+    /// is released: RELEASE is asynchronous, so it runs next to the OPEN and READs of the
+    /// next file, which would otherwise wait on a close(2) under the lock (spinning, then
+    /// sched_yield, on 2 CPUs).
+    fn drop_handle(&self, handle: u64) {
+        let open = self.handles.write().remove(&handle);
+        drop(open);
+    }
+
     fn release(&self, id: u64) {
         if self.table.lock().forget(id, 1) {
             self.drop_dir_fd(id);
@@ -1125,7 +1134,7 @@ impl FileSystem for OverlayFs {
         _flock_release: bool,
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.handles.write().remove(&handle);
+        self.drop_handle(handle);
         Ok(())
     }
 
@@ -1315,7 +1324,7 @@ impl FileSystem for OverlayFs {
     }
 
     fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
-        self.handles.write().remove(&handle);
+        self.drop_handle(handle);
         Ok(())
     }
 
