@@ -52,8 +52,7 @@ impl OverlayFs {
         let &(l, lid) = v.lowers.first().ok_or_else(|| errno(libc::ESTALE))?;
         let layer = &self.layers[l];
         let st = layer.getattr(lid)?;
-        let ph = parent.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-        let pfd = self.upper.open(ph, libc::O_PATH | libc::O_DIRECTORY)?;
+        let pfd = self.dir_fd(parent)?;
         let work = self.upper.work_fd();
         let tmp = self.upper.tmp_name();
         // Copy-up is not a change users made: the parent keeps its times (as in the kernel).
@@ -63,7 +62,7 @@ impl OverlayFs {
         let keep_ino = st.st_nlink <= 1 || v.is_dir();
         let built =
             self.build_copy(layer.as_ref(), lid, &st, keep_ino.then_some(v.ino), &tmp, data);
-        let placed = built.and_then(|()| {
+        let placed = built.and_then(|absent| {
             upper::rename(
                 work,
                 &tmp,
@@ -71,11 +70,15 @@ impl OverlayFs {
                 &v.name,
                 nix::fcntl::RenameFlags::RENAME_NOREPLACE,
             )
+            .map(|()| absent)
         });
-        if let Err(e) = placed {
-            let _ = upper::remove_tree(work, &tmp);
-            return Err(e);
-        }
+        let absent = match placed {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = upper::remove_tree(work, &tmp);
+                return Err(e);
+            }
+        };
         let ts = |s: i64, ns: i64| libc::timespec { tv_sec: s, tv_nsec: ns };
         crate::sys::utimensat(
             pfd.as_raw_fd(),
@@ -84,11 +87,12 @@ impl OverlayFs {
         )?;
         let h = crate::sys::name_to_handle_at(pfd.as_raw_fd(), &v.name)?;
         let ust = crate::sys::fstatat(pfd.as_raw_fd(), &v.name)?;
-        self.table.lock().copied_up(v.id, h, ust.st_ino, (!keep_ino).then_some(ust.st_ino));
+        self.table.lock().copied_up(v.id, h, ust.st_ino, (!keep_ino).then_some(ust.st_ino), absent);
         self.view(v.id)
     }
 
-    /// Build the copy of lower object `lid` as `tmp` in the staging directory.
+    /// Build the copy of lower object `lid` as `tmp` in the staging directory; says whether it
+    /// has no file capability and no default ACL (none among the xattrs copied).
     fn build_copy(
         &self,
         layer: &dyn Layer,
@@ -97,7 +101,7 @@ impl OverlayFs {
         ino: Option<u64>,
         tmp: &[u8],
         data: bool,
-    ) -> io::Result<()> {
+    ) -> io::Result<(bool, bool)> {
         let work = self.upper.work_fd();
         let name = std::ffi::OsStr::from_bytes(tmp);
         let kind = st.st_mode & libc::S_IFMT;
@@ -120,7 +124,7 @@ impl OverlayFs {
                 )?;
                 let f = File::from(owned(fd));
                 if data {
-                    copy_data(layer, lid, &f, st.st_size as u64)?;
+                    copy_data(layer, lid, &f, st)?;
                 }
                 file = Some(f);
             }
@@ -136,24 +140,43 @@ impl OverlayFs {
                 st.st_rdev,
             )?,
         }
+        // Metadata through the open file when there is one (no path walk through /proc per
+        // call), else by name in the staging directory. The owner goes first: a chown drops
+        // security.capability (even by root), so it must come before the xattrs are copied.
         let path = child_path(work, tmp);
+        let (at, name): (i32, &[u8]) = match &file {
+            Some(f) => (f.as_raw_fd(), b""),
+            None => (work, tmp),
+        };
+        upper::chown(at, name, st.st_uid, st.st_gid)?;
+        let set_xattr = |k: &[u8], val: &[u8]| match &file {
+            Some(f) => xattr::FileExt::set_xattr(f, std::ffi::OsStr::from_bytes(k), val),
+            None => crate::sys::lsetxattr(&path, k, val, 0, false),
+        };
+        let (mut no_caps, mut no_default_acl) = (true, true);
         for (k, val) in layer.xattrs(lid)? {
             if upper::is_private(&k) {
                 continue;
             }
-            crate::sys::lsetxattr(&path, &k, &val, 0, false)?;
-        }
-        upper::chown(work, tmp, st.st_uid, st.st_gid)?;
-        if kind != libc::S_IFLNK {
-            upper::chmod(&path, st.st_mode)?;
+            no_caps &= k != upper::CAPS.as_bytes();
+            no_default_acl &= k != upper::DEFAULT_ACL.as_bytes();
+            set_xattr(&k, &val)?;
         }
         if let Some(ino) = ino {
-            upper::set_private(&path, upper::ORIGIN_INO, ino.to_string().as_bytes())?;
+            set_xattr(upper::ORIGIN_INO.as_bytes(), ino.to_string().as_bytes())?;
+        }
+        match &file {
+            Some(f) => nix::sys::stat::fchmod(
+                f.as_raw_fd(),
+                nix::sys::stat::Mode::from_bits_truncate(st.st_mode & 0o7777),
+            )?,
+            None if kind != libc::S_IFLNK => upper::chmod(&path, st.st_mode)?,
+            None => {}
         }
         let ts = |s: i64, ns: i64| libc::timespec { tv_sec: s, tv_nsec: ns };
         crate::sys::utimensat(
-            work,
-            tmp,
+            at,
+            name,
             [ts(st.st_atime, st.st_atime_nsec), ts(st.st_mtime, st.st_mtime_nsec)],
         )?;
         if let Some(f) = file {
@@ -161,7 +184,7 @@ impl OverlayFs {
                 f.sync_all()?;
             }
         }
-        Ok(())
+        Ok((no_caps, no_default_acl))
     }
 }
 
@@ -170,12 +193,24 @@ fn owned(fd: i32) -> OwnedFd {
     crate::sys::owned_fd(fd)
 }
 
-/// Copy `size` bytes of lower file `lid` into `dst`, keeping holes.
-fn copy_data(layer: &dyn Layer, lid: u64, dst: &File, size: u64) -> io::Result<()> {
-    dst.set_len(size)?;
+/// Copy lower file `lid` (attributes `st`) into the empty `dst`, keeping holes.
+fn copy_data(layer: &dyn Layer, lid: u64, dst: &File, st: &libc::stat64) -> io::Result<()> {
+    let size = st.st_size as u64;
     if let Some(src) = layer.open_file(lid)? {
+        if st.st_blocks as u64 * 512 >= size {
+            // Fully allocated: no holes to look for (SEEK_DATA/SEEK_HOLE) or keep (the length
+            // set first); one copy_file_range does it. A hole missed here would only be
+            // copied as zeros.
+            let end = copy_range(&src, dst, 0, size)?;
+            if end < size {
+                dst.set_len(size)?;
+            }
+            return Ok(());
+        }
+        dst.set_len(size)?;
         return copy_file(&src, dst, size);
     }
+    dst.set_len(size)?;
     let mut off = 0;
     while off < size {
         let buf = layer.read(lid, off, COPY_STEP.min(size - off))?;
@@ -203,18 +238,22 @@ fn copy_file(src: &File, dst: &File, size: u64) -> io::Result<()> {
             Err(_) => off, // no SEEK_DATA: copy everything
         };
         let end = lseek64(fd, start, Whence::SeekHole).unwrap_or(size as i64).min(size as i64);
-        copy_range(src, dst, start as u64, end as u64)?;
+        if copy_range(src, dst, start as u64, end as u64)? < end as u64 {
+            break; // the source ended early; the length was set
+        }
         off = end;
     }
     Ok(())
 }
 
-fn copy_range(src: &File, dst: &File, mut start: u64, end: u64) -> io::Result<()> {
+/// Copy `start..end` of `src` to the same offsets of `dst`; returns where it stopped (`end`, or
+/// earlier at the source's end).
+fn copy_range(src: &File, dst: &File, mut start: u64, end: u64) -> io::Result<u64> {
     while start < end {
         let (mut a, mut b) = (start as i64, start as i64);
         let want = ((end - start) as usize).min(1 << 30);
         match nix::fcntl::copy_file_range(src, Some(&mut a), dst, Some(&mut b), want) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(start),
             Ok(n) => start += n as u64,
             Err(
                 nix::errno::Errno::EXDEV
@@ -225,10 +264,10 @@ fn copy_range(src: &File, dst: &File, mut start: u64, end: u64) -> io::Result<()
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(start)
 }
 
-fn copy_slow(src: &File, dst: &File, mut start: u64, end: u64) -> io::Result<()> {
+fn copy_slow(src: &File, dst: &File, mut start: u64, end: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; COPY_STEP as usize];
     while start < end {
         let want = ((end - start) as usize).min(buf.len());
@@ -239,5 +278,5 @@ fn copy_slow(src: &File, dst: &File, mut start: u64, end: u64) -> io::Result<()>
         dst.write_all_at(&buf[..n], start)?;
         start += n as u64;
     }
-    Ok(())
+    Ok(start)
 }

@@ -31,7 +31,7 @@ const NAME_MAX: usize = 255;
 /// The xattr holding a POSIX access ACL (the kernel enforces it: FUSE_POSIX_ACL).
 const ACL_ACCESS: &str = "system.posix_acl_access";
 /// The xattr holding a directory's default ACL, inherited by what is created in it.
-const ACL_DEFAULT: &str = "system.posix_acl_default";
+const ACL_DEFAULT: &str = upper::DEFAULT_ACL;
 
 /// One entry of a merged directory listing.
 #[derive(Clone, Debug)]
@@ -83,11 +83,6 @@ impl OverlayFs {
         self.entry(0, crate::sys::zeroed_stat64())
     }
 
-    /// Upper descriptor of a directory that has one.
-    fn dir_fd(&self, v: &NodeView) -> io::Result<OwnedFd> {
-        self.open_upper(v, libc::O_PATH | libc::O_DIRECTORY)
-    }
-
     /// Resolve and install `name` in `parent`, counting a lookup (callers that only need the
     /// node for an operation give it back with `release`).
     fn child(&self, parent: &NodeView, name: &[u8]) -> io::Result<Option<(u64, stat64)>> {
@@ -97,8 +92,19 @@ impl OverlayFs {
         }
     }
 
+    /// Forget open handle `handle`. The file is closed (or the listing freed) after the lock
+    /// is released: RELEASE is asynchronous, so it runs next to the OPEN and READs of the
+    /// next file, which would otherwise wait on a close(2) under the lock (spinning, then
+    /// sched_yield, on 2 CPUs).
+    fn drop_handle(&self, handle: u64) {
+        let open = self.handles.write().remove(&handle);
+        drop(open);
+    }
+
     fn release(&self, id: u64) {
-        self.table.lock().forget(id, 1);
+        if self.table.lock().forget(id, 1) {
+            self.drop_dir_fd(id);
+        }
     }
 
     /// The merged listing of directory `v` (without `.` and `..`).
@@ -193,46 +199,26 @@ impl OverlayFs {
         }
         let pfd = self.dir_fd(&p)?;
         let pfd = pfd.as_raw_fd();
-        let replace = match crate::sys::fstatat(pfd, name) {
-            Ok(st) if super::layer::is_whiteout(&st) => true,
-            Ok(_) => return Err(errno(libc::EEXIST)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+        // Create in place; only when the name is taken look at what takes it (the kernel
+        // looked it up and found nothing, so that is a whiteout, replaced through staging).
+        let (file, exact) = match self.make_at(ctx, &p, pfd, pfd, name, &what, umask) {
+            Ok(made) => made,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                match crate::sys::fstatat(pfd, name) {
+                    Ok(st) if super::layer::is_whiteout(&st) => {}
+                    Ok(_) => return Err(e),
+                    Err(e2) if e2.raw_os_error() == Some(libc::ENOENT) => return Err(e),
+                    Err(e2) => return Err(e2),
+                }
+                (self.replace_whiteout(ctx, &p, pfd, name, &what, umask)?, None)
+            }
             Err(e) => return Err(e),
         };
-        let work = self.upper.work_fd();
-        let tmp;
-        let (tdir, tname) = if replace {
-            tmp = self.upper.tmp_name();
-            (work, tmp.as_slice())
-        } else {
-            (pfd, name)
+        // The attributes make_at saw last, unless it changed them after (or renamed/linked).
+        let st = match exact {
+            Some(st) => st,
+            None => crate::sys::fstatat(pfd, name)?,
         };
-        let made = self.make_at(ctx, pfd, tdir, tname, &what, umask);
-        let file = match made {
-            Ok(f) => f,
-            Err(e) => {
-                if replace {
-                    let _ = upper::remove_tree(work, tname);
-                }
-                return Err(e);
-            }
-        };
-        if replace {
-            let placed = if let Make::Dir(_) = what {
-                upper::set_private(&child_path(work, tname), upper::OPAQUE, b"y")
-                    .and_then(|()| {
-                        upper::rename(work, tname, pfd, name, RenameFlags::RENAME_EXCHANGE)
-                    })
-                    .and_then(|()| upper::unlink(work, tname, false))
-            } else {
-                upper::rename(work, tname, pfd, name, RenameFlags::empty())
-            };
-            if let Err(e) = placed {
-                let _ = upper::remove_tree(work, tname);
-                return Err(e);
-            }
-        }
-        let st = crate::sys::fstatat(pfd, name)?;
         let kind = st.st_mode & libc::S_IFMT;
         let id = match what {
             Make::Link(v) => {
@@ -250,26 +236,72 @@ impl OverlayFs {
         Ok((id, st, file))
     }
 
+    /// Create `name` in `pfd` over the whiteout there: built in the staging directory, then
+    /// renamed over it (a directory swapped in opaque, the whiteout then removed).
+    fn replace_whiteout(
+        &self,
+        ctx: &Context,
+        p: &NodeView,
+        pfd: i32,
+        name: &[u8],
+        what: &Make<'_>,
+        umask: u32,
+    ) -> io::Result<Option<File>> {
+        let work = self.upper.work_fd();
+        let tmp = self.upper.tmp_name();
+        let tname = tmp.as_slice();
+        let file = match self.make_at(ctx, p, pfd, work, tname, what, umask) {
+            Ok((f, _)) => f,
+            Err(e) => {
+                let _ = upper::remove_tree(work, tname);
+                return Err(e);
+            }
+        };
+        let placed = if let Make::Dir(_) = what {
+            upper::set_private(&child_path(work, tname), upper::OPAQUE, b"y")
+                .and_then(|()| upper::rename(work, tname, pfd, name, RenameFlags::RENAME_EXCHANGE))
+                .and_then(|()| upper::unlink(work, tname, false))
+        } else {
+            upper::rename(work, tname, pfd, name, RenameFlags::empty())
+        };
+        if let Err(e) = placed {
+            let _ = upper::remove_tree(work, tname);
+            return Err(e);
+        }
+        Ok(file)
+    }
+
     /// Create the object in `tdir`/`tname` (the parent `pfd`, or the staging dir when it
     /// replaces a whiteout) with the caller's ownership, and the parent's default ACL or else
-    /// the caller's `umask` applied to its mode.
+    /// the caller's `umask` applied to its mode. Also returns its attributes when nothing
+    /// changed them after they were read (a hard link: never).
+    #[allow(clippy::too_many_arguments)]
     fn make_at(
         &self,
         ctx: &Context,
+        p: &NodeView,
         pfd: i32,
         tdir: i32,
         tname: &[u8],
         what: &Make<'_>,
         umask: u32,
-    ) -> io::Result<Option<File>> {
+    ) -> io::Result<(Option<File>, Option<stat64>)> {
         use nix::sys::stat::{Mode, SFlag};
         let n = os(tname);
         let mut file = None;
         let mut mode = 0;
-        let default_acl = match xattr::get_deref(upper::as_path(&fd_path(pfd)), ACL_DEFAULT) {
-            Ok(v) => v,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => None,
-            Err(e) => return Err(e),
+        let default_acl = if p.no_default_acl {
+            None
+        } else {
+            match xattr::get_deref(upper::as_path(&fd_path(pfd)), ACL_DEFAULT) {
+                Ok(Some(v)) => Some(v),
+                Ok(None) => {
+                    self.table.lock().default_acl_absent(p.id, p.xattr_gen);
+                    None
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => None,
+                Err(e) => return Err(e),
+            }
         };
         // With a default ACL the new object's permissions come from it (the upper filesystem
         // applies it when creating in the parent itself); without one the umask applies.
@@ -318,7 +350,7 @@ impl OverlayFs {
                     n,
                     nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
                 )?;
-                return Ok(None);
+                return Ok((None, None));
             }
         }
         let mut st = crate::sys::fstatat(tdir, tname)?;
@@ -348,14 +380,17 @@ impl OverlayFs {
         // What creation gave it (the requested mode, or masked by a default ACL).
         let made = st.st_mode & 0o7777;
         let want = if is_dir && sgid_dir { made | libc::S_ISGID } else { made };
+        let mut exact = (!chowned).then_some(st);
         if !is_link {
             // chown may have cleared setuid/setgid: look again only then.
             let now = if chowned { crate::sys::fstatat(tdir, tname)? } else { st };
+            exact = Some(now);
             if now.st_mode & 0o7777 != want {
                 upper::chmod(&child_path(tdir, tname), want)?;
+                exact = None;
             }
         }
-        Ok(file)
+        Ok((file, exact))
     }
 
     /// Remove `name` from `parent` (a directory when `dir`).
@@ -432,13 +467,16 @@ impl OverlayFs {
             }
         }
         self.table.lock().unlinked(id, p.id, name, last_link, kept);
+        if dir {
+            self.drop_dir_fd(id);
+        }
         Ok(())
     }
 
     /// A directory being moved gets what keeps its content right at the new name: a redirect
     /// to its lower origin, or opacity when it has none but a lower layer has the new name.
     fn prepare_dir_move(&self, v: &NodeView, newp: &NodeView, newname: &[u8]) -> io::Result<()> {
-        let fd = self.open_upper(v, libc::O_PATH | libc::O_DIRECTORY)?;
+        let fd = self.dir_fd(v)?;
         let path = fd_path(fd.as_raw_fd());
         if !v.lowers.is_empty() {
             if let Some(lp) = &v.lower_path {
@@ -585,19 +623,21 @@ impl OverlayFs {
         t.renamed(sid, np.id, newname);
         if let Some((did, _)) = dst {
             t.unlinked(did, np.id, newname, last_link, kept);
+            drop(t);
+            self.drop_dir_fd(did);
         }
         Ok(())
     }
 
     /// Path for xattr calls on node `v`'s upper object, and whether to follow it.
-    fn xattr_path(&self, v: &NodeView) -> io::Result<(Vec<u8>, Option<OwnedFd>, bool)> {
+    fn xattr_path(&self, v: &NodeView) -> io::Result<(Vec<u8>, Option<Arc<OwnedFd>>, bool)> {
         if v.kind == libc::S_IFLNK {
             let p = self.view(v.parent)?;
             let pfd = self.dir_fd(&p)?;
             let path = child_path(pfd.as_raw_fd(), &v.name);
             return Ok((path, Some(pfd), false));
         }
-        let fd = self.open_upper(v, libc::O_PATH)?;
+        let fd = self.upper_fd(v)?.ok_or_else(|| errno(libc::ESTALE))?;
         Ok((fd_path(fd.as_raw_fd()), Some(fd), true))
     }
 
@@ -760,13 +800,26 @@ impl FileSystem for OverlayFs {
     }
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
-        self.table.lock().forget(inode, count);
+        if self.table.lock().forget(inode, count) {
+            self.drop_dir_fd(inode);
+        }
     }
 
     fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
-        let mut t = self.table.lock();
-        for (i, c) in requests {
-            t.forget(i, c);
+        let mut gone = Vec::new();
+        {
+            let mut t = self.table.lock();
+            for (i, c) in requests {
+                if t.forget(i, c) {
+                    gone.push(i);
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let mut d = self.dirs.lock();
+            for i in gone {
+                d.remove(i);
+            }
         }
     }
 
@@ -799,7 +852,7 @@ impl FileSystem for OverlayFs {
     ) -> io::Result<(stat64, Duration)> {
         let truncating = valid.contains(SetattrValid::SIZE) && attr.st_size == 0;
         let v = self.copy_up(inode, !truncating)?;
-        let fd = self.open_upper(&v, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let fd = self.upper_fd(&v)?.ok_or_else(|| errno(libc::ESTALE))?;
         let raw = fd.as_raw_fd();
         if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
             let uid =
@@ -1029,8 +1082,12 @@ impl FileSystem for OverlayFs {
         }
     }
 
+    /// Nothing to do at close: writes went straight to the upper file and POSIX locks are the
+    /// kernel's (no GETLK/SETLK here). ENOSYS tells the kernel so once (`fc->no_flush`), and it
+    /// stops sending a FLUSH, which it treats as success, at every close: one request less per
+    /// open file, as with fuse-overlayfs.
     fn flush(&self, _ctx: &Context, _inode: u64, _handle: u64, _lock_owner: u64) -> io::Result<()> {
-        Ok(())
+        Err(errno(libc::ENOSYS))
     }
 
     fn fsync(&self, _ctx: &Context, _inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
@@ -1077,7 +1134,7 @@ impl FileSystem for OverlayFs {
         _flock_release: bool,
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.handles.write().remove(&handle);
+        self.drop_handle(handle);
         Ok(())
     }
 
@@ -1098,7 +1155,9 @@ impl FileSystem for OverlayFs {
         }
         let v = self.copy_up(inode, true)?;
         let (path, fd, follow) = self.xattr_path(&v)?;
-        crate::sys::lsetxattr(&path, name.to_bytes(), value, flags as i32, follow)?;
+        let set = crate::sys::lsetxattr(&path, name.to_bytes(), value, flags as i32, follow);
+        self.table.lock().xattrs_changed(v.id);
+        set?;
         if let (true, Some(fd)) = (
             name.to_bytes() == ACL_ACCESS.as_bytes() && ctx.uid != 0,
             follow.then_some(fd).flatten(),
@@ -1126,6 +1185,11 @@ impl FileSystem for OverlayFs {
             return Err(errno(libc::ENODATA));
         }
         let v = self.view(inode)?;
+        let caps = name.to_bytes() == upper::CAPS.as_bytes();
+        if caps && v.no_caps {
+            // Asked before every write; see `Node::no_caps`.
+            return Err(errno(libc::ENODATA));
+        }
         let val = if v.upper.is_some() {
             let (path, _fd, follow) = self.xattr_path(&v)?;
             let p = upper::as_path(&path);
@@ -1138,7 +1202,12 @@ impl FileSystem for OverlayFs {
         } else {
             self.all_xattrs(&v)?.into_iter().find(|(k, _)| k == name.to_bytes()).map(|(_, v)| v)
         };
-        let val = val.ok_or_else(|| errno(libc::ENODATA))?;
+        let Some(val) = val else {
+            if caps {
+                self.table.lock().caps_absent(v.id, v.xattr_gen);
+            }
+            return Err(errno(libc::ENODATA));
+        };
         match size {
             0 => Ok(GetxattrReply::Count(val.len() as u32)),
             s if (s as usize) < val.len() => Err(errno(libc::ERANGE)),
@@ -1171,11 +1240,9 @@ impl FileSystem for OverlayFs {
         let (path, _fd, follow) = self.xattr_path(&v)?;
         let p = upper::as_path(&path);
         let n = os(name.to_bytes());
-        if follow {
-            xattr::remove_deref(p, n)
-        } else {
-            xattr::remove(p, n)
-        }
+        let removed = if follow { xattr::remove_deref(p, n) } else { xattr::remove(p, n) };
+        self.table.lock().xattrs_changed(v.id);
+        removed
     }
 
     fn opendir(
@@ -1257,7 +1324,7 @@ impl FileSystem for OverlayFs {
     }
 
     fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
-        self.handles.write().remove(&handle);
+        self.drop_handle(handle);
         Ok(())
     }
 

@@ -41,6 +41,16 @@ pub struct Node {
     /// no longer opens an unlinked inode, but the kernel may still ask about it (an open file,
     /// a removed working directory), and must then see it with nlink 0, not ESTALE.
     pub kept: Option<Arc<OwnedFd>>,
+    /// The object is known to have no `security.capability`: the kernel asks for it before
+    /// every write (to drop file capabilities), and the answer is served from here. Only a
+    /// SETXATTR through the mount can add one: it bumps `xattr_gen` and clears this.
+    pub no_caps: bool,
+    /// The directory is known to have no default ACL (`system.posix_acl_default`), read
+    /// at every creation in it; kept like `no_caps`.
+    pub no_default_acl: bool,
+    /// Counts the node's xattr changes, so a lookup that found no capability records that only
+    /// when no change came in between (see [`Table::caps_absent`]).
+    pub xattr_gen: u64,
 }
 
 /// A copy of what an operation needs from a node (taken under the table lock, used without).
@@ -64,6 +74,12 @@ pub struct NodeView {
     pub ino: u64,
     /// The removed upper object, see [`Node::kept`].
     pub kept: Option<Arc<OwnedFd>>,
+    /// See [`Node::no_caps`].
+    pub no_caps: bool,
+    /// See [`Node::no_default_acl`].
+    pub no_default_acl: bool,
+    /// See [`Node::xattr_gen`].
+    pub xattr_gen: u64,
 }
 
 impl NodeView {
@@ -105,6 +121,9 @@ impl Table {
                 ino,
                 lookups: 1,
                 kept: None,
+                no_caps: false,
+                no_default_acl: false,
+                xattr_gen: 0,
             },
         );
         let mut by_upper = HashMap::new();
@@ -125,6 +144,9 @@ impl Table {
             lower_path: n.lower_path.clone(),
             ino: n.ino,
             kept: n.kept.clone(),
+            no_caps: n.no_caps,
+            no_default_acl: n.no_default_acl,
+            xattr_gen: n.xattr_gen,
         })
     }
 
@@ -174,6 +196,9 @@ impl Table {
                 ino,
                 lookups: 1,
                 kept: None,
+                no_caps: false,
+                no_default_acl: false,
+                xattr_gen: 0,
             },
         );
         if let Some(u) = upper_ino {
@@ -184,7 +209,8 @@ impl Table {
         id
     }
 
-    /// A new upper-only object was created through the mount.
+    /// A new upper-only object was created through the mount (it has no file capability:
+    /// only a SETXATTR gives one).
     pub fn created(
         &mut self,
         parent: u64,
@@ -210,19 +236,58 @@ impl Table {
         if let Some((_, st, _)) = r.upper.as_mut() {
             st.st_ino = upper_ino;
         }
-        self.install(parent, name, &r, kind, ino)
+        let id = self.install(parent, name, &r, kind, ino);
+        if let Some(n) = self.nodes.get_mut(&id).filter(|n| n.lookups == 1) {
+            n.no_caps = true;
+        }
+        id
     }
 
     /// Node `id` now has an upper object (copy-up finished); `shown` replaces the inode
-    /// number users see when the copy could not keep the lower one.
-    pub fn copied_up(&mut self, id: u64, upper: FileHandle, upper_ino: u64, shown: Option<u64>) {
+    /// number users see when the copy could not keep the lower one; `no_caps` says the copy
+    /// has no file capability and `no_default_acl` no default ACL (copy-up copied the lower
+    /// object's xattrs and saw none).
+    pub fn copied_up(
+        &mut self,
+        id: u64,
+        upper: FileHandle,
+        upper_ino: u64,
+        shown: Option<u64>,
+        (no_caps, no_default_acl): (bool, bool),
+    ) {
         if let Some(n) = self.nodes.get_mut(&id) {
+            n.no_caps = no_caps;
+            n.no_default_acl = no_default_acl;
             n.upper = Some(Arc::new(upper));
             n.upper_ino = Some(upper_ino);
             if let Some(s) = shown {
                 n.ino = s;
             }
             self.by_upper.insert(upper_ino, id);
+        }
+    }
+
+    /// The xattrs of node `id` changed (or may have): its capability is unknown again.
+    pub fn xattrs_changed(&mut self, id: u64) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.xattr_gen += 1;
+            n.no_caps = false;
+            n.no_default_acl = false;
+        }
+    }
+
+    /// A lookup of `security.capability` on node `id`, begun when its xattrs were at
+    /// generation `gen`, found none: remember that unless they changed since.
+    pub fn caps_absent(&mut self, id: u64, gen: u64) {
+        if let Some(n) = self.nodes.get_mut(&id).filter(|n| n.xattr_gen == gen) {
+            n.no_caps = true;
+        }
+    }
+
+    /// Like [`Table::caps_absent`], for directory `id`'s default ACL.
+    pub fn default_acl_absent(&mut self, id: u64, gen: u64) {
+        if let Some(n) = self.nodes.get_mut(&id).filter(|n| n.xattr_gen == gen) {
+            n.no_default_acl = true;
         }
     }
 
@@ -287,15 +352,15 @@ impl Table {
         }
     }
 
-    /// The kernel dropped `count` references to `id`.
-    pub fn forget(&mut self, id: u64, count: u64) {
+    /// The kernel dropped `count` references to `id`; true when that dropped the node.
+    pub fn forget(&mut self, id: u64, count: u64) -> bool {
         if id == ROOT {
-            return;
+            return false;
         }
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else { return false };
         n.lookups = n.lookups.saturating_sub(count);
         if n.lookups > 0 {
-            return;
+            return false;
         }
         let n = self.nodes.remove(&id).expect("present");
         if let Some(u) = n.upper_ino {
@@ -308,6 +373,7 @@ impl Table {
                 self.by_lower.remove(k);
             }
         }
+        true
     }
 
     /// Number of nodes (tests and metrics).
@@ -391,13 +457,41 @@ mod tests {
     }
 
     #[test]
+    fn a_capability_lookup_is_remembered_only_without_an_xattr_change_in_between() {
+        let mut t = Table::new(handle(0), 2, vec![(0, 1)], None, 100);
+        let c = t.created(ROOT, b"c", libc::S_IFREG, handle(1), 50, 50);
+        assert!(t.view(c).unwrap().no_caps, "a new object has no file capability");
+        let a = t.install(ROOT, b"a", &lower(0, 7, 7), libc::S_IFREG, 77);
+        let v = t.view(a).unwrap();
+        assert!(!v.no_caps);
+        // A SETXATTR lands between the lookup's read and its record: the record is dropped.
+        t.xattrs_changed(a);
+        t.caps_absent(a, v.xattr_gen);
+        assert!(!t.view(a).unwrap().no_caps);
+        let v = t.view(a).unwrap();
+        t.caps_absent(a, v.xattr_gen);
+        assert!(t.view(a).unwrap().no_caps);
+        t.xattrs_changed(a);
+        assert!(!t.view(a).unwrap().no_caps);
+        t.copied_up(a, handle(2), 51, None, (true, false));
+        assert!(t.view(a).unwrap().no_caps);
+        t.copied_up(c, handle(3), 52, None, (false, true));
+        assert!(!t.view(c).unwrap().no_caps);
+        assert!(t.view(c).unwrap().no_default_acl);
+        let v = t.view(c).unwrap();
+        t.xattrs_changed(c);
+        t.default_acl_absent(c, v.xattr_gen);
+        assert!(!t.view(c).unwrap().no_default_acl);
+    }
+
+    #[test]
     fn created_objects_are_found_by_upper_inode_and_recycled_inodes_get_new_nodes() {
         let mut t = Table::new(handle(0), 2, vec![], None, 2);
         let a = t.created(ROOT, b"a", libc::S_IFREG, handle(1), 50, 50);
         t.unlinked(a, ROOT, b"a", true, None);
         let b = t.created(ROOT, b"b", libc::S_IFREG, handle(2), 50, 50);
         assert_ne!(a, b);
-        t.copied_up(b, handle(3), 51, None);
+        t.copied_up(b, handle(3), 51, None, (true, true));
         assert_eq!(t.by_upper.get(&51), Some(&b));
     }
 }

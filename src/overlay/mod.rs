@@ -40,6 +40,10 @@ use self::upper::Upper;
 /// and the kernel keeps its caches coherent for those, so this can be long.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(86400);
 
+/// Upper directories whose descriptors stay open (see [`DirFds`]): more than the directories a
+/// build or an unpack works in at once, far below any descriptor limit.
+const DIR_FDS: usize = 512;
+
 /// Errors setting up an overlay.
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
@@ -106,8 +110,51 @@ pub struct OverlayFs {
     next_handle: AtomicU64,
     /// Per-node copy-up locks (only while a copy-up of that node runs).
     copyups: Mutex<std::collections::HashMap<u64, Arc<Mutex<()>>>>,
+    dirs: Mutex<DirFds>,
     sync_copyup: bool,
     timeout: Duration,
+}
+
+/// O_PATH descriptors of upper directories by node, so that every LOOKUP, CREATE, copy-up
+/// or rename in a directory does not reopen it by file handle (open_by_handle_at + close each
+/// time). An entry never goes stale: a node's upper object, once it has one, never changes
+/// (copy-up sets it once; a removed one is the node's `kept` descriptor, which wins). Entries
+/// go when their node is forgotten or its directory removed, and the oldest first past
+/// [`DIR_FDS`].
+#[derive(Default)]
+struct DirFds {
+    fds: std::collections::HashMap<u64, Arc<OwnedFd>>,
+    /// Insertion order (may hold ids removed since; skipped when evicting).
+    order: std::collections::VecDeque<u64>,
+}
+
+impl DirFds {
+    fn get(&self, id: u64) -> Option<Arc<OwnedFd>> {
+        self.fds.get(&id).cloned()
+    }
+
+    fn insert(&mut self, id: u64, fd: Arc<OwnedFd>) {
+        if self.fds.insert(id, fd).is_some() {
+            return;
+        }
+        self.order.push_back(id);
+        while self.fds.len() > DIR_FDS {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.fds.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if self.order.len() > 2 * DIR_FDS {
+            let fds = &self.fds;
+            self.order.retain(|id| fds.contains_key(id));
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.fds.remove(&id);
+    }
 }
 
 /// `st_ino` shown for an object of lower layer `layer` with inode number `ino`.
@@ -190,6 +237,7 @@ impl OverlayFs {
             handles: RwLock::new(Default::default()),
             next_handle: AtomicU64::new(1),
             copyups: Mutex::new(Default::default()),
+            dirs: Mutex::new(Default::default()),
             sync_copyup: opts.sync_copyup,
             timeout: opts.timeout,
         })
@@ -204,12 +252,38 @@ impl OverlayFs {
         self.table.lock().view(id).ok_or_else(|| errno(libc::ESTALE))
     }
 
-    /// An O_PATH descriptor of the node's upper object.
-    fn upper_fd(&self, v: &NodeView) -> io::Result<Option<OwnedFd>> {
-        if v.upper.is_none() && v.kept.is_none() {
-            return Ok(None);
+    /// An O_PATH descriptor of the node's upper object, if it has one: the kept one of a
+    /// removed object, the cached one of a directory, else opened by handle.
+    fn upper_fd(&self, v: &NodeView) -> io::Result<Option<Arc<OwnedFd>>> {
+        if let Some(k) = &v.kept {
+            return Ok(Some(k.clone()));
         }
-        self.open_upper(v, libc::O_PATH | libc::O_NOFOLLOW).map(Some)
+        let Some(h) = &v.upper else { return Ok(None) };
+        if !v.is_dir() {
+            return self
+                .upper
+                .open(h, libc::O_PATH | libc::O_NOFOLLOW)
+                .map(|fd| Some(Arc::new(fd)));
+        }
+        if let Some(fd) = self.dirs.lock().get(v.id) {
+            return Ok(Some(fd));
+        }
+        let fd = Arc::new(self.upper.open(h, libc::O_PATH | libc::O_DIRECTORY)?);
+        self.dirs.lock().insert(v.id, fd.clone());
+        Ok(Some(fd))
+    }
+
+    /// Upper descriptor (O_PATH) of a directory that has one.
+    fn dir_fd(&self, v: &NodeView) -> io::Result<Arc<OwnedFd>> {
+        if !v.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        self.upper_fd(v)?.ok_or_else(|| errno(libc::ESTALE))
+    }
+
+    /// Node `id` is gone, or its upper directory was removed: drop its cached descriptor.
+    fn drop_dir_fd(&self, id: u64) {
+        self.dirs.lock().remove(id);
     }
 
     /// Open the node's upper object with `flags`: by its file handle, or, once it was removed,

@@ -24,6 +24,10 @@ pub const OPAQUE: &str = "trusted.overlay.opaque";
 pub const REDIRECT: &str = "trusted.overlay.redirect";
 /// The inode number a copied-up object showed (decimal).
 pub const ORIGIN_INO: &str = "trusted.overlay.strata.ino";
+/// A file capability (the kernel asks for it before every write, to drop it).
+pub const CAPS: &str = "security.capability";
+/// A directory's default ACL (read at every creation in it).
+pub const DEFAULT_ACL: &str = "system.posix_acl_default";
 /// Staging directory inside the work directory.
 pub const STAGING: &str = "strata";
 
@@ -33,6 +37,8 @@ pub struct Upper {
     root: OwnedFd,
     work: OwnedFd,
     next_tmp: AtomicU64,
+    /// Our pid, in staging names (read once: it is a syscall).
+    pid: u32,
 }
 
 /// Open a directory for reading (open_by_handle_at refuses O_PATH mount descriptors).
@@ -80,6 +86,7 @@ impl Upper {
             root,
             work,
             next_tmp: AtomicU64::new(0),
+            pid: std::process::id(),
         })
     }
 
@@ -111,7 +118,7 @@ impl Upper {
     /// A fresh staging name.
     pub fn tmp_name(&self) -> Vec<u8> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        format!("#{}-{n}", std::process::id()).into_bytes()
+        format!("#{}-{n}", self.pid).into_bytes()
     }
 }
 
