@@ -9,5 +9,6 @@ pub mod daemon;
 pub mod overlay;
 pub mod prefetch;
 pub mod rafs;
+pub mod slow;
 pub mod storage;
 pub mod sys;

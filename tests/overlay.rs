@@ -345,6 +345,43 @@ fn killed_during_a_large_copy_up_leaves_old_or_complete_file() {
 }
 
 #[test]
+fn a_large_copy_up_does_not_hold_up_requests_for_other_files() {
+    let name = "a_large_copy_up_does_not_hold_up_requests_for_other_files";
+    if !require_root(name, "FUSE mounts") {
+        return;
+    }
+    let d = dirs();
+    // Random data: a sparse or zero file would be copied as holes, too fast to overlap.
+    sh(&format!(
+        "head -c 268435456 /dev/urandom > {0}/big && echo small > {0}/small && sync",
+        d.lower.display()
+    ));
+    let m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &[]);
+    // Opening for write copies the whole file up (staged in work/strata, fsynced, renamed).
+    let big = d.mnt.join("big");
+    let writer =
+        std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(&big).map(|_| ()));
+    let staging = d.work.join("strata");
+    let t0 = Instant::now();
+    while std::fs::read_dir(&staging).map(|r| r.count()).unwrap_or(0) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no copy-up was staged");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // While the copy-up runs, other files answer: a lookup, an open and a read.
+    let small = std::fs::read_to_string(d.mnt.join("small")).unwrap();
+    let still_copying = std::fs::read_dir(&staging).unwrap().count() > 0;
+    assert_eq!(small, "small\n");
+    writer.join().unwrap().unwrap();
+    assert!(
+        still_copying,
+        "reading another file waited for the 256 MiB copy-up to finish (the FUSE device went \
+         unread while a worker was free)"
+    );
+    assert_eq!(std::fs::metadata(d.upper.join("big")).unwrap().len(), 256 << 20);
+    drop(m);
+}
+
+#[test]
 fn container_workloads_run_on_the_overlay() {
     if !require_root("container_workloads_run_on_the_overlay", "FUSE mounts")
         || !require_tool("container_workloads_run_on_the_overlay", "git")

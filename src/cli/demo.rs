@@ -254,11 +254,11 @@ fn write_overlay(work: &Path, boot: &Path, blobs: &Path) -> Result<Option<Vec<St
         sync_copyup: true,
         timeout: crate::overlay::DEFAULT_TIMEOUT,
     })?;
-    let serving = crate::daemon::run::Serving::mount(
+    let serving = crate::daemon::serving::Serving::mount(
         &mnt,
         std::sync::Arc::new(fs),
         2,
-        crate::daemon::run::Kind::Writable("strata-demo"),
+        crate::daemon::serving::Kind::Writable("strata-demo"),
         || {},
     )?;
     let changed = (|| -> Result<()> {
@@ -325,11 +325,11 @@ fn serve_and_read(work: &Path, boot: &Path, blobs: &Path) -> Result<Option<Serve
         ..Default::default()
     };
     daemon.mount_instance("/", boot, cfg)?;
-    let serving = crate::daemon::run::Serving::mount(
+    let serving = crate::daemon::serving::Serving::mount(
         &mnt,
         daemon.vfs(),
         2,
-        crate::daemon::run::Kind::ReadOnly,
+        crate::daemon::serving::Kind::ReadOnly,
         || {},
     )?;
     let result = (|| -> Result<(usize, usize)> {

@@ -1,7 +1,7 @@
 //! The daemon (`stratad`): nydusd-compatible configuration ([`config`], [`args`]), the FUSE
 //! filesystem over RAFS images ([`rafsfs`]) and its inodes' paths ([`image_paths`]), the running service and its pseudo mounts
 //! ([`service`]), io statistics in nydusd's shapes ([`metrics`]), the HTTP API on a unix
-//! socket ([`api`]) and the lifecycle ([`run`]). The only module that knows about FUSE
+//! socket ([`api`]), the lifecycle ([`run`]) and the FUSE session's workers ([`serving`]). The only module that knows about FUSE
 //! sessions and HTTP; `rafs` and `storage` know nothing of either.
 
 pub mod api;
@@ -15,3 +15,4 @@ pub mod rafsfs;
 pub mod recorded;
 pub mod run;
 pub mod service;
+pub mod serving;

@@ -328,6 +328,9 @@ struct Slot {
 impl Slot {
     fn wait(&self) -> Shared {
         let mut result = self.result.lock();
+        if result.is_none() {
+            crate::slow::ahead();
+        }
         loop {
             if let Some(r) = result.as_ref() {
                 return r.clone();
@@ -592,6 +595,7 @@ impl ChunkCache {
         chunk: &ChunkRef,
     ) -> (Result<Arc<Vec<u8>>, ChunkError>, bool) {
         bump(&self.counters.backend_fetches, 1);
+        crate::slow::ahead();
         let stored = match blob.info.fetch(self.backend.as_ref(), chunk) {
             Ok(stored) => stored,
             Err(e) => return (Err(e), false),
