@@ -830,20 +830,43 @@ def fmt_rate(x):
     return "%.2f" % x
 
 
+def merge_rounds(workload, recs):
+    """One record for a workload run in several rounds: the first failure if any round failed,
+    else the round with the median rate (the lower middle of an even count), with every
+    round's rate and their spread (max - min) / median."""
+    if workload == "_summary":
+        last = dict(recs[-1])
+        last["wall_seconds"] = round(sum(r.get("wall_seconds") or 0 for r in recs), 2)
+        return last
+    bad = [r for r in recs if r.get("status") not in ("ok", "n/a", "SKIPPED")]
+    if bad:
+        rec = dict(bad[0])
+        if len(recs) > 1:
+            rec["check"] = "round %d of %d: %s" % (recs.index(bad[0]) + 1, len(recs), rec.get("check"))
+        return rec
+    rated = sorted((r for r in recs if "rate" in r), key=lambda r: r["rate"])
+    if len(rated) < 2:
+        return dict(recs[0])
+    rec = dict(rated[(len(rated) - 1) // 2])
+    rec["rates"] = [float("%.6g" % r["rate"]) for r in recs if "rate" in r]
+    rec["spread"] = round((rated[-1]["rate"] - rated[0]["rate"]) / rec["rate"], 3)
+    return rec
+
+
 def cmd_report(a):
     systems = a.systems.split()
     with open(a.meta) as f:
         meta = json.load(f)
     res = {}
     for s in systems:
-        recs = {}
+        rounds = {}  # workload -> its records, one per round
         path = os.path.join(a.results, s + ".jsonl")
         if os.path.exists(path):
             with open(path) as f:
                 for line in f:
                     rec = json.loads(line)
-                    recs[rec["workload"]] = rec
-        res[s] = recs
+                    rounds.setdefault(rec["workload"], []).append(rec)
+        res[s] = {w: merge_rounds(w, rs) for w, rs in rounds.items()}
     base = res.get(BASELINE, {})
     out_sys = {}
     failures = []
@@ -932,8 +955,15 @@ def cmd_report(a):
                        out_sys[s]["daemon"].get("max_fds_after_a_workload", 0))
         for s in systems])
     p = meta.get("params", {})
-    print("overlay_vs_peers: %s; cells: rate (system / %s)" % (
-        ", ".join("%s = %s" % (s, out_sys[s].get("desc", s)) for s in systems), BASELINE))
+    rounds = p.get("rounds") or 1
+    if rounds > 1:
+        rows.append(["largest spread over rounds", "%"] + [
+            "%.0f (%s)" % max((100 * r["spread"], w) for w, r in out_sys[s]["workloads"].items()
+                              if "spread" in r) if any("spread" in r for r in out_sys[s]["workloads"].values())
+            else "-" for s in systems])
+    print("overlay_vs_peers: %s; cells: %s (system / %s)" % (
+        ", ".join("%s = %s" % (s, out_sys[s].get("desc", s)) for s in systems),
+        "rate" if rounds == 1 else "median rate of %d rounds" % rounds, BASELINE))
     print()
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))

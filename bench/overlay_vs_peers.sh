@@ -43,6 +43,11 @@
 #   SEED=42          seed of the generated tree (same content for every system)
 #   WL_TIMEOUT=600   seconds one workload step may take before it counts as hung (FAILED)
 #   OUT=             write the JSON to this file instead of stdout
+#   ROUNDS=1         rounds; each mounts every system afresh and runs every workload once, the
+#                    systems in an order rotated by one each round. With ROUNDS > 1 each cell is
+#                    the median rate over the rounds (the JSON keeps every round's rate and the
+#                    spread, (max - min) / median); a workload counts as FAILED if any round
+#                    failed it. One round on this kind of shared 2-core machine varies by 30-50 %.
 #   KEEP=0           1 keeps the work dir (lower, per-system upper dirs, daemon logs, raw jsonl)
 #   TMPDIR=/var/tmp  parent of the work dir
 #   PYTHON=python3   interpreter for the helper and the compileall workload
@@ -65,6 +70,7 @@ SEED=${SEED:-42}
 WL_TIMEOUT=${WL_TIMEOUT:-600}
 OUT=${OUT:-}
 KEEP=${KEEP:-0}
+ROUNDS=${ROUNDS:-1}
 PYTHON=${PYTHON:-python3}
 T_START=$(date +%s.%N)
 
@@ -77,6 +83,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 case $SEED in '' | *[!0-9]*) die_usage "SEED=$SEED: expected a non-negative integer" ;; esac
 case $WL_TIMEOUT in '' | *[!0-9]*) die_usage "WL_TIMEOUT=$WL_TIMEOUT: expected seconds" ;; esac
+case $ROUNDS in '' | 0 | *[!0-9]*) die_usage "ROUNDS=$ROUNDS: expected a positive number of rounds" ;; esac
 awk -v s="$SCALE" 'BEGIN { exit !(s ~ /^[0-9]*\.?[0-9]+$/ && s > 0 && s <= 4) }' \
     || die_usage "SCALE=$SCALE: expected a number in (0, 4]"
 for s in $SYSTEMS; do
@@ -305,9 +312,10 @@ DESC[fuse-overlayfs]="fuse-overlayfs $(fuse-overlayfs --version 2>/dev/null | aw
 DESC[strata]="stratad overlay (plain-dir lower)"
 DESC[stratad-rafs]="stratad overlay (RAFS lower: strata image create defaults)"
 
-for s in $SYSTEMS; do
-    D=$WORK/sys/$s
-    say "== $s: copying the lower, mounting"
+run_round() { # the systems in this round's order
+for s in "$@"; do
+    D=$WORK/sys/$s.r$ROUND
+    say "== $s (round $ROUND of $ROUNDS): copying the lower, mounting"
     mkdir -p "$D/upper" "$D/work" "$D/mnt"
     if [ "$s" = stratad-rafs ]; then
         cp -a "$WORK/rafs" "$D/rafs"
@@ -348,6 +356,13 @@ for s in $SYSTEMS; do
         rm -rf "$D"
     fi
 done
+}
+
+ORDERED=($SYSTEMS)
+for ROUND in $(seq 1 "$ROUNDS"); do
+    k=$(((ROUND - 1) % ${#ORDERED[@]}))
+    run_round "${ORDERED[@]:k}" "${ORDERED[@]:0:k}"
+done
 
 # --- report ----------------------------------------------------------------------------------
 T_END=$(date +%s.%N)
@@ -358,7 +373,7 @@ META=$WORK/meta.json
             "${START_ERR[$s]:-}" "${SKIP[$s]:-}"
     done
 } >"$WORK/systems.tsv"
-B_SCALE=$SCALE B_SEED=$SEED B_GEN_S=$GEN_S B_IMAGE_S="$IMAGE_S" B_WL_TIMEOUT=$WL_TIMEOUT B_FIO="$FIO" \
+B_SCALE=$SCALE B_SEED=$SEED B_ROUNDS=$ROUNDS B_GEN_S=$GEN_S B_IMAGE_S="$IMAGE_S" B_WL_TIMEOUT=$WL_TIMEOUT B_FIO="$FIO" \
     B_FIO_V="$([ -n "$FIO" ] && "$FIO" --version 2>/dev/null || true)" \
     B_GIT_V="$("$GIT" --version)" B_TAR_V="$(tar --version | head -1)" \
     B_STRATAD="$STRATAD" B_WALL="$(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.1f", b - a }')" \
@@ -407,7 +422,7 @@ meta = {
         "loadavg_at_end": open("/proc/loadavg").read().split()[:3], "work_dir_fs": E["B_WORKFS"],
     },
     "params": {
-        "scale": float(E["B_SCALE"]), "seed": int(E["B_SEED"]),
+        "scale": float(E["B_SCALE"]), "seed": int(E["B_SEED"]), "rounds": int(E["B_ROUNDS"]),
         "tree_entries": m["tree"]["entries"], "tree_files": m["tree"]["files"],
         "tree_mib": round(m["tree"]["bytes"] / 2**20, 1), "big_mib": m["big"]["mib"],
         "rand_read_blocks": m["big"]["rand_blocks"], "cu256_mib": m["cu256"]["mib"],
