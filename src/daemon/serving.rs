@@ -170,10 +170,10 @@ fn fuse_connection(mountpoint: &Path) -> Option<u32> {
 /// third more context switches than one. So one worker reads and the others park. The reader
 /// answers a [`brief`] request itself and reads on, also when more are queued (waking a worker
 /// whenever the queue held another request made every walk's asynchronous RELEASEDIR a
-/// handoff: 1.8 futex calls per request). Before any other request (one that may copy up a
-/// large file or fsync), or when a brief one turns slow ([`crate::slow::ahead`]: a READ that
-/// must fetch a chunk from a registry), it wakes a parked worker to read in its place, so the
-/// device is never left unread for long while a worker is free.
+/// handoff: 1.8 futex calls per request). Before a request that is not brief (an fsync, a
+/// lock wait), or when a brief one turns slow ([`crate::slow::ahead`]: a copy-up, a chunk
+/// fetch from a registry), it wakes a parked worker to read in its place, so the device is
+/// never left unread for long while a worker is free.
 #[derive(Default)]
 struct Relay {
     state: Mutex<RelayState>,
@@ -251,46 +251,33 @@ impl Relay {
     }
 }
 
-/// Whether the request in `req` is answered from memory or with a few local syscalls of bounded
-/// size, never by copying data up, writing or syncing: lookups, attributes, directory listings,
-/// xattr reads, releases, forgets, opens that can neither write nor truncate, and reads (of at
-/// most one request's size; one that must fetch from a remote backend says so on the way).
+/// Whether the request in `req` is bounded local work: memory, or a few syscalls on local
+/// files of at most one request's size (lookups, listings, attributes, creates, renames,
+/// reads, writes). Not brief: what waits for the disk to make data durable (FSYNC, FSYNCDIR, a
+/// write to an O_SYNC/O_DSYNC file), for other processes (SETLK, SETLKW, POLL, IOCTL), or copies
+/// a whole range (FALLOCATE, COPY_FILE_RANGE). Brief requests that turn slow say so on the way
+/// ([`crate::slow::ahead`]): a copy-up, a chunk fetch from the backend.
 fn brief(req: &[u8]) -> bool {
     use fuse_backend_rs::abi::fuse_abi::Opcode as Op;
     let word = |at: usize| req.get(at..at + 4).map(|b| u32::from_ne_bytes(b.try_into().unwrap()));
-    // fuse_in_header: len, opcode, unique (8), nodeid (8), uid, gid, pid, padding: 40 bytes;
-    // then fuse_open_in: flags, open_flags.
+    // fuse_in_header: len, opcode, unique (8), nodeid (8), uid, gid, pid, padding: 40 bytes.
     let Some(op) = word(4) else { return false };
-    const QUICK: [Op; 20] = [
-        Op::Lookup,
-        Op::Read,
-        Op::Forget,
-        Op::BatchForget,
-        Op::Getattr,
-        Op::Readlink,
-        Op::Statfs,
-        Op::Release,
-        Op::Releasedir,
-        Op::Getxattr,
-        Op::Listxattr,
-        Op::Flush,
-        Op::Opendir,
-        Op::Readdir,
-        Op::Readdirplus,
-        Op::Access,
-        Op::Interrupt,
-        Op::Lseek,
-        Op::Getlk,
-        Op::Init,
+    const SLOW: [Op; 8] = [
+        Op::Fsync,
+        Op::Fsyncdir,
+        Op::Fallocate,
+        Op::CopyFileRange,
+        Op::Setlk,
+        Op::Setlkw,
+        Op::Ioctl,
+        Op::Poll,
     ];
-    if QUICK.iter().any(|&q| q as u32 == op) {
-        return true;
+    if op >= Op::MaxOpcode as u32 || SLOW.iter().any(|&q| q as u32 == op) {
+        return false;
     }
-    op == Op::Open as u32
-        && word(40).is_some_and(|f| {
-            let f = f as i32;
-            f & libc::O_ACCMODE == libc::O_RDONLY && f & libc::O_TRUNC == 0
-        })
+    // fuse_write_in: fh (8), offset (8), size, write_flags, lock_owner (8), flags (the file's
+    // open flags), padding.
+    op != Op::Write as u32 || word(72).is_some_and(|f| f as i32 & libc::O_DSYNC == 0)
 }
 
 /// Serve requests read from `dev` (blocking) until the connection ends, reading only when the
@@ -405,27 +392,28 @@ mod tests {
         assert!(!relay.enter(), "a closed relay lets nobody read");
     }
 
-    /// A request of `opcode` with `flags` where fuse_open_in's would be.
-    fn request(opcode: u32, flags: i32) -> Vec<u8> {
-        let mut r = vec![0u8; 48];
+    /// A request of `opcode` with `flags` at byte `at` (where fuse_write_in keeps them).
+    fn request(opcode: u32, at: usize, flags: i32) -> Vec<u8> {
+        let mut r = vec![0u8; 80];
         r[4..8].copy_from_slice(&opcode.to_ne_bytes());
-        r[40..44].copy_from_slice(&flags.to_ne_bytes());
+        r[at..at + 4].copy_from_slice(&flags.to_ne_bytes());
         r
     }
 
     #[test]
-    fn brief_requests_are_metadata_reads_and_read_only_opens() {
+    fn brief_requests_are_bounded_local_work() {
         use fuse_backend_rs::abi::fuse_abi::Opcode as Op;
-        for op in [Op::Lookup, Op::Getattr, Op::Readdirplus, Op::Read, Op::Release] {
-            assert!(brief(&request(op as u32, 0)), "{op:?}");
+        for op in [Op::Lookup, Op::Readdirplus, Op::Read, Op::Open, Op::Create, Op::Rename2] {
+            assert!(brief(&request(op as u32, 40, libc::O_RDWR)), "{op:?}");
         }
-        assert!(brief(&request(Op::Open as u32, libc::O_RDONLY | libc::O_NOFOLLOW)));
-        for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
-            assert!(!brief(&request(Op::Open as u32, flags)), "open {flags:#o}");
+        assert!(brief(&request(Op::Write as u32, 72, libc::O_WRONLY | libc::O_APPEND)));
+        for flags in [libc::O_SYNC, libc::O_DSYNC] {
+            assert!(!brief(&request(Op::Write as u32, 72, flags)), "write {flags:#o}");
         }
-        for op in [Op::Write, Op::Setattr, Op::Fsync, Op::Create, Op::Rename2, Op::Setlkw] {
-            assert!(!brief(&request(op as u32, 0)), "{op:?}");
+        for op in [Op::Fsync, Op::Fsyncdir, Op::Fallocate, Op::CopyFileRange, Op::Setlkw] {
+            assert!(!brief(&request(op as u32, 40, 0)), "{op:?}");
         }
+        assert!(!brief(&request(Op::MaxOpcode as u32 + 7, 40, 0)), "an unknown opcode");
         // Too short to hold a header: not brief (the server will reject it).
         assert!(!brief(&[0u8; 6]));
     }

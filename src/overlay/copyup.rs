@@ -49,6 +49,8 @@ impl OverlayFs {
     }
 
     fn copy_up_locked(&self, v: &NodeView, parent: &NodeView, data: bool) -> io::Result<NodeView> {
+        // A copy (and its fsync) may take long: let the FUSE server read on meanwhile.
+        crate::slow::ahead();
         let &(l, lid) = v.lowers.first().ok_or_else(|| errno(libc::ESTALE))?;
         let layer = &self.layers[l];
         let st = layer.getattr(lid)?;
