@@ -231,3 +231,48 @@ pub fn owned_fd(fd: i32) -> std::os::fd::OwnedFd {
     // owns or closes.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
+
+/// `len` bytes of `file` at `offset`, read into a new buffer without zero-filling it first
+/// (a zeroed `vec!` cost 2 % of a small-file read's CPU, all of it overwritten at once).
+/// `UnexpectedEof` if the file ends before `len` bytes.
+pub fn read_exact_at_vec(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let mut done = 0usize;
+    while done < len {
+        let pos = i64::try_from(offset + done as u64)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        // SAFETY: the destination is the vector's spare capacity from `done` to `len`, which
+        // it owns and nothing else references; pread writes at most `len - done` bytes there.
+        let n = unsafe {
+            libc::pread64(file.as_raw_fd(), buf.as_mut_ptr().add(done).cast(), len - done, pos)
+        };
+        match n {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            n => done += n as usize,
+        }
+    }
+    // SAFETY: pread initialised exactly the first `len` bytes (`done == len`).
+    unsafe { buf.set_len(len) };
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn read_exact_at_vec_reads_the_range_or_says_eof() {
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::io::Write::write_all(&mut f, &data).unwrap();
+        assert_eq!(super::read_exact_at_vec(&f, 4096, 1234).unwrap(), &data[1234..1234 + 4096]);
+        assert_eq!(super::read_exact_at_vec(&f, 0, 99_999).unwrap(), b"");
+        let e = super::read_exact_at_vec(&f, 100, 9_950).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+}

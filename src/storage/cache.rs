@@ -573,12 +573,16 @@ impl ChunkCache {
     /// The cached bytes of a ready chunk; `None` (and the chunk no longer ready) when they
     /// cannot be read or, with `validate`, do not verify.
     fn try_hit(&self, blob: &CachedBlob, chunk: &ChunkRef) -> Option<Arc<Vec<u8>>> {
-        let mut buf = vec![0u8; chunk.uncompressed_size as usize];
-        if blob.data.read_exact_at(&mut buf, chunk.uncompressed_offset).is_err() {
+        let read = crate::sys::read_exact_at_vec(
+            &blob.data,
+            chunk.uncompressed_size as usize,
+            chunk.uncompressed_offset,
+        );
+        let Ok(buf) = read else {
             bump(&self.counters.cache_io_errors, 1);
             blob.state.lock().clear(chunk.index);
             return None;
-        }
+        };
         if self.validate && verify(blob.info.digester, chunk, &buf).is_err() {
             bump(&self.counters.digest_errors, 1);
             blob.state.lock().clear(chunk.index);
@@ -776,11 +780,9 @@ impl ChunkReader for ChunkCache {
                 let from = offset.min(chunk.uncompressed_size);
                 let to = from.saturating_add(len).min(chunk.uncompressed_size);
                 if blob.is_ready(chunk.index) {
-                    let mut buf = vec![0u8; (to - from) as usize];
-                    if blob
-                        .data
-                        .read_exact_at(&mut buf, chunk.uncompressed_offset + u64::from(from))
-                        .is_ok()
+                    let at = chunk.uncompressed_offset + u64::from(from);
+                    if let Ok(buf) =
+                        crate::sys::read_exact_at_vec(&blob.data, (to - from) as usize, at)
                     {
                         bump(&self.counters.hits, 1);
                         return Ok(buf);
