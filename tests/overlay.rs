@@ -367,11 +367,17 @@ fn a_large_copy_up_does_not_hold_up_requests_for_other_files() {
         assert!(t0.elapsed() < Duration::from_secs(30), "no copy-up was staged");
         std::thread::sleep(Duration::from_millis(1));
     }
+    // A second writer of the same file waits for that copy-up inside its request.
+    let big = d.mnt.join("big");
+    let second =
+        std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(&big).map(|_| ()));
+    std::thread::sleep(Duration::from_millis(50));
     // While the copy-up runs, other files answer: a lookup, an open and a read.
     let small = std::fs::read_to_string(d.mnt.join("small")).unwrap();
     let still_copying = std::fs::read_dir(&staging).unwrap().count() > 0;
     assert_eq!(small, "small\n");
     writer.join().unwrap().unwrap();
+    second.join().unwrap().unwrap();
     assert!(
         still_copying,
         "reading another file waited for the 256 MiB copy-up to finish (the FUSE device went \

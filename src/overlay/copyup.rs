@@ -33,7 +33,11 @@ impl OverlayFs {
         let parent = self.copy_up(v.parent, true)?;
         let lock = self.copyups.lock().entry(id).or_default().clone();
         let result = {
-            let _g = lock.lock();
+            // Waiting for another request's copy-up of this node is as slow as doing it.
+            let _g = lock.try_lock().unwrap_or_else(|| {
+                crate::slow::ahead();
+                lock.lock()
+            });
             let v = self.view(id)?;
             if v.upper.is_some() {
                 Ok(v)
