@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +20,9 @@ use fuse_backend_rs::api::filesystem::{
     SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 use nix::fcntl::RenameFlags;
-use parking_lot::Mutex;
 
 use super::inode::NodeView;
+use super::listing::Pass;
 use super::upper::{self, child_path, fd_path};
 use super::{errno, is_dir, Open, OverlayFs};
 
@@ -33,16 +34,7 @@ const ACL_ACCESS: &str = "system.posix_acl_access";
 /// The xattr holding a directory's default ACL, inherited by what is created in it.
 const ACL_DEFAULT: &str = upper::DEFAULT_ACL;
 
-/// One entry of a merged directory listing.
-#[derive(Clone, Debug)]
-pub struct DirItem {
-    /// Name.
-    pub name: Vec<u8>,
-    /// Inode number shown.
-    pub ino: u64,
-    /// d_type.
-    pub dtype: u32,
-}
+pub use super::listing::DirItem;
 
 /// What to create.
 enum Make<'a> {
@@ -163,23 +155,21 @@ impl OverlayFs {
 
     /// The listing of open directory `handle` for a READDIR at `offset`: taken anew at offset 0
     /// (opendir, rewinddir) and kept for the rest of the pass, so offsets stay valid.
-    fn dir_items(&self, inode: u64, handle: u64, offset: u64) -> io::Result<Arc<Vec<DirItem>>> {
-        let o = self.handle(handle)?;
-        let Open::Dir(cur) = o.as_ref() else { return Err(errno(libc::ENOTDIR)) };
-        let mut cur = cur.lock();
-        if let Some(items) = cur.as_ref().filter(|_| offset != 0) {
-            return Ok(items.clone());
-        }
-        let v = self.view(inode)?;
-        let parent_ino = self.view(v.parent).map(|p| p.ino).unwrap_or(v.ino);
-        let mut items = vec![
-            DirItem { name: b".".to_vec(), ino: v.ino, dtype: u32::from(libc::DT_DIR) },
-            DirItem { name: b"..".to_vec(), ino: parent_ino, dtype: u32::from(libc::DT_DIR) },
-        ];
-        items.extend(self.list(&v)?);
-        let items = Arc::new(items);
-        *cur = Some(items.clone());
-        Ok(items)
+    /// The listing a READDIR of `inode` at `offset` continues (see [`super::listing`]).
+    fn dir_pass(&self, inode: u64, offset: u64) -> io::Result<Pass> {
+        self.listings.pass(inode, offset, || {
+            let v = self.view(inode)?;
+            if !v.is_dir() {
+                return Err(errno(libc::ENOTDIR));
+            }
+            let parent_ino = self.view(v.parent).map(|p| p.ino).unwrap_or(v.ino);
+            let mut items = vec![
+                DirItem { name: b".".to_vec(), ino: v.ino, dtype: u32::from(libc::DT_DIR) },
+                DirItem { name: b"..".to_vec(), ino: parent_ino, dtype: u32::from(libc::DT_DIR) },
+            ];
+            items.extend(self.list(&v)?);
+            Ok(items)
+        })
     }
 
     /// Create `name` in `parent`; `umask` is the caller's (the kernel leaves it to us, since
@@ -770,6 +760,7 @@ impl FileSystem for OverlayFs {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        self.no_opendir.store(capable.contains(FsOptions::ZERO_MESSAGE_OPENDIR), Ordering::Relaxed);
         Ok(capable
             & (FsOptions::ASYNC_READ
                 | FsOptions::PARALLEL_DIROPS
@@ -781,7 +772,8 @@ impl FileSystem for OverlayFs {
                 | FsOptions::CACHE_SYMLINKS
                 | FsOptions::AUTO_INVAL_DATA
                 | FsOptions::POSIX_ACL
-                | FsOptions::DONT_MASK))
+                | FsOptions::DONT_MASK
+                | FsOptions::ZERO_MESSAGE_OPENDIR))
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -1054,7 +1046,6 @@ impl FileSystem for OverlayFs {
                 w.write_all(&data)?;
                 Ok(data.len())
             }
-            Open::Dir(_) => Err(errno(libc::EISDIR)),
         }
     }
 
@@ -1251,37 +1242,40 @@ impl FileSystem for OverlayFs {
         inode: u64,
         _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        let v = self.view(inode)?;
-        if !v.is_dir() {
+        // No per-open state: a pass's listing lives in `listings`, found by READDIR offset.
+        // Where the kernel offers it, ENOSYS makes it stop sending OPENDIR and RELEASEDIR
+        // (it then keeps the directory cache as below without asking).
+        if self.no_opendir.load(Ordering::Relaxed) {
+            return Err(errno(libc::ENOSYS));
+        }
+        if !self.view(inode)?.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
-        // The listing is taken by the first READDIR (at offset 0): a directory opened and read
-        // later must not show what it held at opendir.
-        //
         // CACHE_DIR lets the kernel keep the listing it read; it tags that cache with the
         // directory's mtime and change counter as of the READDIR at offset 0 and drops it at the
         // next pass from offset 0 when either moved, which is safe because that READDIR is
         // answered with a listing taken after it was sent.
-        Ok((
-            Some(self.add_handle(Open::Dir(Mutex::new(None)))),
-            OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR,
-        ))
+        Ok((None, OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR))
     }
 
     fn readdir(
         &self,
         _ctx: &Context,
         inode: u64,
-        handle: u64,
+        _handle: u64,
         _size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let items = self.dir_items(inode, handle, offset)?;
-        for (i, it) in items.iter().enumerate().skip(offset as usize) {
+        let pass = self.dir_pass(inode, offset)?;
+        if pass.start >= pass.items.len() {
+            self.listings.finish(&pass);
+            return Ok(());
+        }
+        for (i, it) in pass.items.iter().enumerate().skip(pass.start) {
             let n = add_entry(DirEntry {
                 ino: it.ino,
-                offset: i as u64 + 1,
+                offset: pass.offset_after(i),
                 type_: it.dtype,
                 name: &it.name,
             })?;
@@ -1296,16 +1290,24 @@ impl FileSystem for OverlayFs {
         &self,
         _ctx: &Context,
         inode: u64,
-        handle: u64,
+        _handle: u64,
         _size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let items = self.dir_items(inode, handle, offset)?;
+        let pass = self.dir_pass(inode, offset)?;
+        if pass.start >= pass.items.len() {
+            self.listings.finish(&pass);
+            return Ok(());
+        }
         let v = self.view(inode)?;
-        for (i, it) in items.iter().enumerate().skip(offset as usize) {
-            let de =
-                DirEntry { ino: it.ino, offset: i as u64 + 1, type_: it.dtype, name: &it.name };
+        for (i, it) in pass.items.iter().enumerate().skip(pass.start) {
+            let de = DirEntry {
+                ino: it.ino,
+                offset: pass.offset_after(i),
+                type_: it.dtype,
+                name: &it.name,
+            };
             if it.name == b"." || it.name == b".." {
                 if add_entry(de, self.negative())? == 0 {
                     break;
@@ -1323,8 +1325,7 @@ impl FileSystem for OverlayFs {
         Ok(())
     }
 
-    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
-        self.drop_handle(handle);
+    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64) -> io::Result<()> {
         Ok(())
     }
 

@@ -19,6 +19,7 @@ pub mod copyup;
 pub mod fs;
 pub mod inode;
 pub mod layer;
+pub mod listing;
 pub mod upper;
 
 use std::fs::File;
@@ -95,10 +96,6 @@ pub enum Open {
     Lower(File),
     /// A lower file read through its layer.
     Layer(usize, u64),
-    /// A directory's listing: taken at the first READDIR and again at every READDIR at offset
-    /// 0 (opendir or rewinddir), so offsets stay stable while a pass runs and a new pass sees
-    /// every change made before it started.
-    Dir(Mutex<Option<Arc<Vec<fs::DirItem>>>>),
 }
 
 /// The union filesystem.
@@ -111,6 +108,10 @@ pub struct OverlayFs {
     /// Per-node copy-up locks (only while a copy-up of that node runs).
     copyups: Mutex<std::collections::HashMap<u64, Arc<Mutex<()>>>>,
     dirs: Mutex<DirFds>,
+    /// Listings of directory passes in progress (there are no directory handles).
+    listings: listing::Listings,
+    /// The kernel takes ENOSYS from OPENDIR as "no OPENDIR/RELEASEDIR needed" (set at INIT).
+    no_opendir: std::sync::atomic::AtomicBool,
     sync_copyup: bool,
     timeout: Duration,
 }
@@ -238,6 +239,8 @@ impl OverlayFs {
             next_handle: AtomicU64::new(1),
             copyups: Mutex::new(Default::default()),
             dirs: Mutex::new(Default::default()),
+            listings: Default::default(),
+            no_opendir: Default::default(),
             sync_copyup: opts.sync_copyup,
             timeout: opts.timeout,
         })
