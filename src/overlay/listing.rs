@@ -85,14 +85,23 @@ impl Listings {
         list: impl FnOnce() -> io::Result<Vec<DirItem>>,
     ) -> io::Result<Pass> {
         let (id, index) = ((offset >> 32) as u32, (offset & 0xffff_ffff) as usize);
+        let beyond = || io::Error::from_raw_os_error(libc::EINVAL);
         if offset != 0 {
             let g = self.inner.lock();
             if let Some(s) = g.snaps.get(&id).filter(|s| s.dir == dir) {
+                if index > s.items.len() {
+                    return Err(beyond());
+                }
                 return Ok(Pass { items: s.items.clone(), start: index, id });
             }
         }
         // Listing happens outside the lock: it reads directories.
         let items = Arc::new(list()?);
+        // A position no pass handed out (a `seekdir` to a made-up offset) is an error, not an
+        // empty rest: readdir(3) would take that for the end of the directory.
+        if index > items.len() {
+            return Err(beyond());
+        }
         let mut g = self.inner.lock();
         let id = g.add(dir, items.clone());
         Ok(Pass { items, start: index, id })
@@ -176,6 +185,18 @@ mod tests {
         // An offset of another directory's snapshot is not taken for this one.
         let other = l.pass(8, off, || Ok(items(&["p", "q", "r"]))).unwrap();
         assert_eq!(names(&other), ["r"]);
+    }
+
+    #[test]
+    fn an_offset_past_the_end_is_invalid_and_the_end_itself_is_empty() {
+        let l = Listings::default();
+        let a = l.pass(7, 0, || Ok(items(&["x", "y"]))).unwrap();
+        let end = l.pass(7, a.offset_after(1), || panic!("kept")).unwrap();
+        assert!(names(&end).is_empty());
+        let past = l.pass(7, a.offset_after(2), || panic!("kept")).err().unwrap();
+        assert_eq!(past.raw_os_error(), Some(libc::EINVAL));
+        let made_up = l.pass(7, (12345 << 32) | 99, || Ok(items(&["x"]))).err().unwrap();
+        assert_eq!(made_up.raw_os_error(), Some(libc::EINVAL));
     }
 
     #[test]
