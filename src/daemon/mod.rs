@@ -16,3 +16,4 @@ pub mod recorded;
 pub mod run;
 pub mod service;
 pub mod serving;
+pub mod splice;

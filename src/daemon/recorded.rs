@@ -13,6 +13,7 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 
 use super::metrics::{Fop, FsMetrics};
+use super::splice::SplicedRead;
 use crate::accesslog::{AccessSink, Event, Op};
 
 /// `inner` with its requests recorded in `sink` and counted in `metrics`.
@@ -32,6 +34,36 @@ pub struct Recorded<F> {
     inner: F,
     sink: Arc<AccessSink>,
     metrics: Arc<FsMetrics>,
+}
+
+impl<F: SplicedRead> SplicedRead for Recorded<F> {
+    fn splices(&self) -> bool {
+        self.inner.splices()
+    }
+
+    fn read_spliced(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<usize>,
+    ) -> Option<io::Result<usize>> {
+        // Counted and logged as `read` does, once there is a file to splice from.
+        let mut op = None;
+        let r = self.inner.read_spliced(ctx, inode, fh, offset, size, &mut |file| {
+            op = Some(self.metrics.begin(Fop::Read, inode));
+            reply(file)
+        })?;
+        let n = *r.as_ref().unwrap_or(&0);
+        if let Some(op) = op {
+            op.done(r.is_ok(), n);
+        }
+        let n = n as u64;
+        self.log(ctx, Op::Read, inode, |e| e.with_range(offset, n));
+        Some(r)
+    }
 }
 
 impl<F> Recorded<F> {

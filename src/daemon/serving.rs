@@ -16,6 +16,8 @@ use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FuseBuf, FuseDevWriter, FuseSession, Reader};
 
+use super::splice::{ReadRequest, SplicedRead, Splicer};
+
 /// How to mount.
 pub enum Kind<'a> {
     /// Read-only images (nosuid, nodev, noatime; source `strata`, type `fuse.rafs`).
@@ -37,7 +39,7 @@ pub struct Serving {
 impl Serving {
     /// Mount `fs` at `mountpoint` and serve it with `threads` workers. `on_exit` runs when a
     /// worker stops because the mount went away (an external `umount`).
-    pub fn mount<F: FileSystem + Send + Sync + 'static>(
+    pub fn mount<F: FileSystem + SplicedRead + Send + Sync + 'static>(
         mountpoint: &Path,
         fs: Arc<F>,
         threads: usize,
@@ -70,7 +72,7 @@ impl Serving {
                 log_warn!("remounting {} with suid,dev: {e}", mountpoint.display());
             }
         }
-        let server = Arc::new(Server::new(fs));
+        let server = Arc::new(Server::new(fs.clone()));
         let stopping = Arc::new(AtomicBool::new(false));
         // Lets `stop` interrupt a worker blocked in its read.
         if let Err(e) = crate::sys::interrupt_on(libc::SIGUSR1) {
@@ -95,13 +97,14 @@ impl Serving {
                 }
             };
             let server = server.clone();
+            let fs = fs.clone();
             let on_exit = on_exit.clone();
             let stopping = stopping.clone();
             let relay = relay.clone();
             let bufsize = serving.session.bufsize();
             let w =
                 std::thread::Builder::new().name(format!("fuse_server_{i}")).spawn(move || {
-                    serve_device(&dev, bufsize, &server, &stopping, &relay);
+                    serve_device(&dev, bufsize, &server, &*fs, &stopping, &relay);
                     on_exit();
                 })?;
             serving.workers.push(w);
@@ -282,19 +285,28 @@ fn brief(req: &[u8]) -> bool {
 
 /// Serve requests read from `dev` (blocking) until the connection ends, reading only when the
 /// `relay` lets this worker.
-fn serve_device<F: FileSystem + Send + Sync>(
+fn serve_device<F: FileSystem + SplicedRead + Send + Sync>(
     dev: &std::fs::File,
     bufsize: usize,
     server: &Server<Arc<F>>,
+    fs: &F,
     stopping: &AtomicBool,
     relay: &Arc<Relay>,
 ) {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd};
     let r = relay.clone();
     crate::slow::listen(move || r.hand_on());
     let fd = dev.as_raw_fd();
     let mut req = vec![0u8; bufsize];
     let mut reply = vec![0u8; bufsize];
+    // READs of plain files are answered by splicing (see [`super::splice`]).
+    let mut splicer = if fs.splices() {
+        Splicer::new(bufsize)
+            .map_err(|e| log_warn!("FUSE channel: no spliced reads (pipes: {e})"))
+            .ok()
+    } else {
+        None
+    };
     while relay.enter() {
         let n = loop {
             match nix::unistd::read(fd, &mut req) {
@@ -320,6 +332,26 @@ fn serve_device<F: FileSystem + Send + Sync>(
             }
         };
         relay.took(brief(&req[..n]));
+        if let (Some(s), Some(rd)) = (splicer.as_mut(), ReadRequest::parse(&req[..n])) {
+            if rd.size as usize <= s.max() {
+                let ctx = rd.context();
+                let answered =
+                    fs.read_spliced(&ctx, rd.inode, rd.fh, rd.offset, rd.size, &mut |file| {
+                        s.reply(dev.as_fd(), rd.unique, file, rd.offset, rd.size as usize)
+                    });
+                match answered {
+                    None => {}
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        super::log::log(
+                            super::log::Level::Debug,
+                            format_args!("spliced read: {e}"),
+                        );
+                        continue;
+                    }
+                }
+            }
+        }
         let reader = match Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut req[..n])) {
             Ok(r) => r,
             Err(e) => {

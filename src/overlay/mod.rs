@@ -88,7 +88,7 @@ pub struct OverlayOptions {
     pub timeout: Duration,
 }
 
-/// An open file or directory of the overlay.
+/// An open file of the overlay (directories have no handles: see [`listing`]).
 pub enum Open {
     /// A file of the upper directory.
     Upper(File),
@@ -96,6 +96,16 @@ pub enum Open {
     Lower(File),
     /// A lower file read through its layer.
     Layer(usize, u64),
+}
+
+impl Open {
+    /// The plain file a READ of this handle reads, if there is one.
+    pub fn file(&self) -> Option<&File> {
+        match self {
+            Open::Upper(f) | Open::Lower(f) => Some(f),
+            Open::Layer(..) => None,
+        }
+    }
 }
 
 /// The union filesystem.
@@ -481,6 +491,12 @@ impl OverlayFs {
 
     fn handle(&self, h: u64) -> io::Result<Arc<Open>> {
         self.handles.read().get(&h).cloned().ok_or_else(|| errno(libc::EBADF))
+    }
+
+    /// The open handle `h` if a READ of it returns a plain file's bytes as they are (an upper
+    /// file, or a lower one read through a descriptor), for replies spliced from that file.
+    pub fn plain_file(&self, h: u64) -> Option<Arc<Open>> {
+        self.handles.read().get(&h).filter(|o| o.file().is_some()).cloned()
     }
 
     /// The path of node `id` in the merged tree (`/` for the root), by the names the node table
