@@ -18,23 +18,27 @@ use nix::fcntl::{splice, FcntlArg, SpliceFFlags};
 
 use crate::overlay::OverlayFs;
 
-/// A filesystem that can name the file behind a READ.
+/// A filesystem that can name the file behind a READ. The defaults never splice.
 pub trait SplicedRead {
     /// Whether [`SplicedRead::read_spliced`] ever answers (else a worker sets up no pipes).
-    fn splices(&self) -> bool;
+    fn splices(&self) -> bool {
+        false
+    }
 
     /// Answer READ (`inode`, handle `fh`, `size` bytes at `offset`) by calling `reply` with the
     /// file whose bytes it returns; `reply` sends them and says how many. None: this handle
     /// has no such file; answer the READ the usual way.
     fn read_spliced(
         &self,
-        ctx: &Context,
-        inode: u64,
-        fh: u64,
-        offset: u64,
-        size: u32,
-        reply: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<usize>,
-    ) -> Option<io::Result<usize>>;
+        _ctx: &Context,
+        _inode: u64,
+        _fh: u64,
+        _offset: u64,
+        _size: u32,
+        _reply: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<usize>,
+    ) -> Option<io::Result<usize>> {
+        None
+    }
 }
 
 impl<T: SplicedRead + ?Sized> SplicedRead for std::sync::Arc<T> {
@@ -55,24 +59,8 @@ impl<T: SplicedRead + ?Sized> SplicedRead for std::sync::Arc<T> {
     }
 }
 
-impl SplicedRead for Vfs {
-    fn splices(&self) -> bool {
-        // RAFS data is decoded from chunks (maybe compressed): there is no file to splice.
-        false
-    }
-
-    fn read_spliced(
-        &self,
-        _: &Context,
-        _: u64,
-        _: u64,
-        _: u64,
-        _: u32,
-        _: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<usize>,
-    ) -> Option<io::Result<usize>> {
-        None
-    }
-}
+/// RAFS data is decoded from chunks (maybe compressed): there is no file to splice.
+impl SplicedRead for Vfs {}
 
 impl SplicedRead for OverlayFs {
     fn splices(&self) -> bool {
