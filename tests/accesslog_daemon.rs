@@ -285,6 +285,9 @@ fn the_overlay_records_reads_and_mutations_with_paths() {
     let lower = t.path().join("lower");
     std::fs::create_dir_all(lower.join("etc")).unwrap();
     std::fs::write(lower.join("etc/motd"), b"hello\n").unwrap();
+    // Read in 128 KiB requests: those are spliced from the file (daemon::splice).
+    let big: Vec<u8> = (0..262_144u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(lower.join("etc/big"), &big).unwrap();
     let (upper, work, mnt) = (t.path().join("upper"), t.path().join("work"), t.path().join("m"));
     for d in [&upper, &work, &mnt] {
         std::fs::create_dir_all(d).unwrap();
@@ -306,7 +309,7 @@ fn the_overlay_records_reads_and_mutations_with_paths() {
     let mut d = Daemon::start(&args, &mnt, &t.path().join("api.sock"));
     let script = format!(
         "cat {m}/etc/motd >/dev/null && echo new > {m}/etc/new && mv {m}/etc/new {m}/etc/renamed \
-         && rm {m}/etc/renamed && mkdir {m}/d",
+         && rm {m}/etc/renamed && mkdir {m}/d && cat {m}/etc/big >/dev/null",
         m = s(&mnt)
     );
     assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
@@ -316,14 +319,23 @@ fn the_overlay_records_reads_and_mutations_with_paths() {
     // nydusd's io metrics count the overlay's reading operations too.
     let (status, m) = d.api("GET", "/api/v1/metrics");
     assert_eq!(status, 200, "{m}");
-    assert_eq!(m["data_read"], 6, "cat read the 6 bytes of /etc/motd: {m}");
+    assert_eq!(m["data_read"], 6 + 262_144, "cat read /etc/motd and /etc/big: {m}");
     assert!(m["fop_hits"][9].as_u64().unwrap() >= 2, "lookups counted: {m}");
     assert!(d.stop().success());
 
     let r = replay_path(&log, true).unwrap();
+    let big_reads: Vec<(u64, u64)> = r
+        .events
+        .iter()
+        .filter(|e| e.op == "read" && e.path.as_deref() == Some("/etc/big"))
+        .map(|e| (e.offset.unwrap_or(0), e.len.unwrap_or(0)))
+        .collect();
+    assert_eq!(big_reads.iter().map(|r| r.1).sum::<u64>(), 262_144, "{big_reads:?}");
+    assert!(big_reads.iter().all(|r| r.1 >= 32 * 1024), "large (spliced) reads: {big_reads:?}");
     let ops: Vec<(String, String, Option<String>)> = r
         .events
         .iter()
+        .filter(|e| e.path.as_deref() != Some("/etc/big"))
         .filter(|e| {
             matches!(
                 e.op_kind,

@@ -16,7 +16,7 @@ use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FuseBuf, FuseDevWriter, FuseSession, Reader};
 
-use super::splice::{ReadRequest, SplicedRead, Splicer};
+use super::splice::{ReadRequest, SplicedRead, Splicer, SPLICE_MIN};
 
 /// How to mount.
 pub enum Kind<'a> {
@@ -333,7 +333,7 @@ fn serve_device<F: FileSystem + SplicedRead + Send + Sync>(
         };
         relay.took(brief(&req[..n]));
         if let (Some(s), Some(rd)) = (splicer.as_mut(), ReadRequest::parse(&req[..n])) {
-            if rd.size as usize <= s.max() {
+            if (SPLICE_MIN..=s.max()).contains(&(rd.size as usize)) {
                 let ctx = rd.context();
                 let answered =
                     fs.read_spliced(&ctx, rd.inode, rd.fh, rd.offset, rd.size, &mut |file| {

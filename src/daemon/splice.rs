@@ -7,7 +7,9 @@
 //! where the 16-byte reply header goes first and the data is moved behind it, since the header
 //! must lead and its length is known only after the data is in. The message goes to the device
 //! in one splice, which the kernel takes whole or not at all. Four syscalls per READ instead of
-//! two; the copy they save costs more from 4 KiB up.
+//! two: for small READs that costs more than the copy it saves (4 KiB random reads, measured:
+//! 10.3k–15.2k IOPS and 560–820 ms daemon CPU spliced, 12.8k–14.5k and 560–640 ms copied), so
+//! only READs of [`SPLICE_MIN`] bytes or more splice.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -125,6 +127,9 @@ impl ReadRequest {
         Context { uid, gid, pid: pid as libc::pid_t }
     }
 }
+
+/// The smallest READ answered by splicing (read-ahead sends 128 KiB; random 4 KiB reads copy).
+pub const SPLICE_MIN: usize = 32 * 1024;
 
 const HEADER: usize = 16;
 const PAGE: usize = 4096;
