@@ -7,9 +7,8 @@
 //! where the 16-byte reply header goes first and the data is moved behind it, since the header
 //! must lead and its length is known only after the data is in. The message goes to the device
 //! in one splice, which the kernel takes whole or not at all. Four syscalls per READ instead of
-//! two: for small READs that costs more than the copy it saves (4 KiB random reads, measured:
-//! 10.3k–15.2k IOPS and 560–820 ms daemon CPU spliced, 12.8k–14.5k and 560–640 ms copied), so
-//! only READs of [`SPLICE_MIN`] bytes or more splice.
+//! two, which for a small READ cost about what the copy does (4 KiB random reads measured no
+//! better spliced, see docs/daemon.md), so only READs of [`SPLICE_MIN`] bytes or more splice.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
