@@ -16,7 +16,7 @@ use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FuseBuf, FuseDevWriter, FuseSession, Reader};
 
-use super::splice::{ReadRequest, SplicedRead, Splicer, SPLICE_MIN};
+use super::splice::{SplicedRead, Splicer};
 
 /// How to mount.
 pub enum Kind<'a> {
@@ -332,25 +332,8 @@ fn serve_device<F: FileSystem + SplicedRead + Send + Sync>(
             }
         };
         relay.took(brief(&req[..n]));
-        if let (Some(s), Some(rd)) = (splicer.as_mut(), ReadRequest::parse(&req[..n])) {
-            if (SPLICE_MIN..=s.max()).contains(&(rd.size as usize)) {
-                let ctx = rd.context();
-                let answered =
-                    fs.read_spliced(&ctx, rd.inode, rd.fh, rd.offset, rd.size, &mut |file| {
-                        s.reply(dev.as_fd(), rd.unique, file, rd.offset, rd.size as usize)
-                    });
-                match answered {
-                    None => {}
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        super::log::log(
-                            super::log::Level::Debug,
-                            format_args!("spliced read: {e}"),
-                        );
-                        continue;
-                    }
-                }
-            }
+        if splicer.as_mut().is_some_and(|s| s.answer(fs, dev.as_fd(), &req[..n])) {
+            continue;
         }
         let reader = match Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut req[..n])) {
             Ok(r) => r,

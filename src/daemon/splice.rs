@@ -84,24 +84,24 @@ impl SplicedRead for OverlayFs {
 
 /// The fields of a READ request the splice path needs.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ReadRequest {
+struct ReadRequest {
     /// Request id the reply names.
-    pub unique: u64,
+    unique: u64,
     /// Node id.
-    pub inode: u64,
+    inode: u64,
     /// Caller's uid, gid, pid.
-    pub ctx_ids: (u32, u32, u32),
+    ctx_ids: (u32, u32, u32),
     /// Open handle.
-    pub fh: u64,
+    fh: u64,
     /// File offset.
-    pub offset: u64,
+    offset: u64,
     /// Bytes asked for.
-    pub size: u32,
+    size: u32,
 }
 
 impl ReadRequest {
     /// `req` if it is a READ (whole header and arguments present).
-    pub fn parse(req: &[u8]) -> Option<Self> {
+    fn parse(req: &[u8]) -> Option<Self> {
         use fuse_backend_rs::abi::fuse_abi::Opcode;
         let u32_at = |at: usize| Some(u32::from_ne_bytes(req.get(at..at + 4)?.try_into().ok()?));
         let u64_at = |at: usize| Some(u64::from_ne_bytes(req.get(at..at + 8)?.try_into().ok()?));
@@ -121,7 +121,7 @@ impl ReadRequest {
     }
 
     /// The caller's identity, as the FUSE server gives it to a filesystem.
-    pub fn context(&self) -> Context {
+    fn context(&self) -> Context {
         let (uid, gid, pid) = self.ctx_ids;
         Context { uid, gid, pid: pid as libc::pid_t }
     }
@@ -171,6 +171,34 @@ impl Splicer {
     /// The largest READ (data bytes) these pipes take.
     pub fn max(&self) -> usize {
         self.max
+    }
+
+    /// Answer request `req` read from `dev` by splicing, if it is a READ of [`SPLICE_MIN`] to
+    /// [`Splicer::max`] bytes of a file `fs` can name. False: it is not answered; serve it the
+    /// usual way.
+    pub fn answer<F: SplicedRead + ?Sized>(
+        &mut self,
+        fs: &F,
+        dev: BorrowedFd<'_>,
+        req: &[u8],
+    ) -> bool {
+        let Some(rd) = ReadRequest::parse(req) else { return false };
+        if !(SPLICE_MIN..=self.max).contains(&(rd.size as usize)) {
+            return false;
+        }
+        let answered =
+            fs.read_spliced(&rd.context(), rd.inode, rd.fh, rd.offset, rd.size, &mut |file| {
+                self.reply(dev, rd.unique, file, rd.offset, rd.size as usize)
+            });
+        match answered {
+            None => false,
+            Some(Ok(_)) => true,
+            Some(Err(e)) => {
+                // Answered all the same (an error reply, or the request was interrupted).
+                super::log::log(super::log::Level::Debug, format_args!("spliced read: {e}"));
+                true
+            }
+        }
     }
 
     /// Reply to request `unique` on `dev` with up to `size` bytes of `file` from `offset`

@@ -155,9 +155,10 @@ impl OverlayFs {
 
     /// The listing of open directory `handle` for a READDIR at `offset`: taken anew at offset 0
     /// (opendir, rewinddir) and kept for the rest of the pass, so offsets stay valid.
-    /// The listing a READDIR of `inode` at `offset` continues (see [`super::listing`]).
-    fn dir_pass(&self, inode: u64, offset: u64) -> io::Result<Pass> {
-        self.listings.pass(inode, offset, || {
+    /// The listing a READDIR of `inode` at `offset` continues (see [`super::listing`]); None
+    /// when the pass has read everything (its snapshot is then dropped).
+    fn dir_pass(&self, inode: u64, offset: u64) -> io::Result<Option<Pass>> {
+        let pass = self.listings.pass(inode, offset, || {
             let v = self.view(inode)?;
             if !v.is_dir() {
                 return Err(errno(libc::ENOTDIR));
@@ -169,7 +170,12 @@ impl OverlayFs {
             ];
             items.extend(self.list(&v)?);
             Ok(items)
-        })
+        })?;
+        if pass.start >= pass.items.len() {
+            self.listings.finish(&pass);
+            return Ok(None);
+        }
+        Ok(Some(pass))
     }
 
     /// Create `name` in `parent`; `umask` is the caller's (the kernel leaves it to us, since
@@ -1267,11 +1273,7 @@ impl FileSystem for OverlayFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let pass = self.dir_pass(inode, offset)?;
-        if pass.start >= pass.items.len() {
-            self.listings.finish(&pass);
-            return Ok(());
-        }
+        let Some(pass) = self.dir_pass(inode, offset)? else { return Ok(()) };
         for (i, it) in pass.items.iter().enumerate().skip(pass.start) {
             let n = add_entry(DirEntry {
                 ino: it.ino,
@@ -1295,11 +1297,7 @@ impl FileSystem for OverlayFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let pass = self.dir_pass(inode, offset)?;
-        if pass.start >= pass.items.len() {
-            self.listings.finish(&pass);
-            return Ok(());
-        }
+        let Some(pass) = self.dir_pass(inode, offset)? else { return Ok(()) };
         let v = self.view(inode)?;
         for (i, it) in pass.items.iter().enumerate().skip(pass.start) {
             let de = DirEntry {

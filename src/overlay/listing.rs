@@ -114,16 +114,6 @@ impl Listings {
             g.items -= s.items.len();
         }
     }
-
-    /// Number of snapshots kept (for tests).
-    pub fn len(&self) -> usize {
-        self.inner.lock().snaps.len()
-    }
-
-    /// Whether no snapshot is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Inner {
@@ -179,7 +169,7 @@ mod tests {
         let a = l.pass(7, 0, || Ok(items(&["x", "y", "z"]))).unwrap();
         let off = a.offset_after(1);
         l.finish(&a);
-        assert!(l.is_empty());
+        assert!(l.inner.lock().snaps.is_empty());
         let again = l.pass(7, off, || Ok(items(&["x", "y", "z", "w"]))).unwrap();
         assert_eq!(names(&again), ["z", "w"]);
         // An offset of another directory's snapshot is not taken for this one.
@@ -205,7 +195,7 @@ mod tests {
         for d in 0..(MAX_SNAPSHOTS as u64 + 10) {
             l.pass(d, 0, || Ok(items(&["a"]))).unwrap();
         }
-        assert_eq!(l.len(), MAX_SNAPSHOTS);
+        assert_eq!(l.inner.lock().snaps.len(), MAX_SNAPSHOTS);
         let big = vec![DirItem { name: b"n".to_vec(), ino: 1, dtype: 0 }; MAX_ITEMS / 2 + 1];
         l.pass(1000, 0, || Ok(big.clone())).unwrap();
         let last = l.pass(1001, 0, || Ok(big.clone())).unwrap();
