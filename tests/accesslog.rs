@@ -569,6 +569,15 @@ fn a_short_lived_process_keeps_its_name() {
     let sink =
         Arc::new(AccessSink::start(SinkOptions::new(cfg).paths(Arc::new(RootOnly(1)))).unwrap());
     let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+    // `spawn` can return before exec renames the child (the kernel closes the close-on-exec
+    // pipe spawn waits on before it sets the new name): wait until the process is `sleep`, as
+    // a process sending a FUSE request always is.
+    let comm = format!("/proc/{}/comm", child.id());
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&comm).unwrap_or_default().trim_end() != "sleep" {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the child never became sleep");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     sink.record(Event::new(Op::Lookup, 1, child.id(), 0).with_name(b"x").with_aux(2));
     // The writer wakes for the new pid; give it a moment, then end the process.
     let t0 = Instant::now();
