@@ -263,6 +263,52 @@ pub fn read_exact_at_vec(file: &File, len: usize, offset: u64) -> std::io::Resul
     Ok(buf)
 }
 
+/// FUSE passthrough (protocol 7.40): `ioctl(FUSE_DEV_IOC_BACKING_OPEN)` on the FUSE device
+/// `dev` registers `file` as a backing file and returns its id for an OPEN or CREATE reply.
+/// Needs CAP_SYS_ADMIN; EPERM when the connection negotiated WRITEBACK_CACHE or no passthrough.
+pub fn fuse_backing_open(
+    dev: std::os::fd::BorrowedFd<'_>,
+    file: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    /// struct fuse_backing_map { int32_t fd; uint32_t flags; uint64_t padding; }
+    #[repr(C)]
+    struct BackingMap {
+        fd: i32,
+        flags: u32,
+        padding: u64,
+    }
+    /// _IOW(229, 1, struct fuse_backing_map)
+    const FUSE_DEV_IOC_BACKING_OPEN: libc::c_ulong = 0x4010_e501;
+    let map = BackingMap { fd: file.as_raw_fd(), flags: 0, padding: 0 };
+    // SAFETY: the kernel reads 16 bytes from `map`, which lives across the call.
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_OPEN, &map) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r as u32)
+}
+
+/// `ioctl(FUSE_DEV_IOC_BACKING_CLOSE)`: forget backing id `id` (files opened with it keep it).
+pub fn fuse_backing_close(dev: std::os::fd::BorrowedFd<'_>, id: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    /// _IOW(229, 2, uint32_t)
+    const FUSE_DEV_IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+    // SAFETY: the kernel reads a u32 from `id`, which lives across the call.
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_CLOSE, &id) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Open options with bits fuse-backend-rs 0.14 has no names for (FOPEN_PASSTHROUGH, 1 << 7);
+/// its bitflags 1 type keeps unnamed bits only through `from_bits_unchecked`.
+pub fn open_options(bits: u32) -> fuse_backend_rs::api::filesystem::OpenOptions {
+    // SAFETY: OpenOptions is a plain u32 sent to the kernel as is; any bit pattern is valid.
+    unsafe { fuse_backend_rs::api::filesystem::OpenOptions::from_bits_unchecked(bits) }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -793,3 +793,93 @@ fn default_acls_replace_the_umask_and_are_inherited() {
     let acl = sh(&format!("getfacl -c {mnt}/acl/d"));
     assert!(acl.contains("default:group::rwx"), "{acl}");
 }
+
+/// Whether this kernel has FUSE passthrough (6.9 and later; this machine kind has 6.18).
+fn kernel_has_passthrough() -> bool {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = rel.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 9)
+}
+
+/// nydusd's `data_read`: the bytes the daemon itself read for the overlay's READs.
+fn data_read(sock: &Path) -> u64 {
+    let (status, body) = common::daemon::http(sock, "GET", "/api/v1/metrics", None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    m["data_read"].as_u64().unwrap_or_else(|| panic!("no data_read in {m}"))
+}
+
+#[test]
+fn plain_files_are_handed_to_the_kernel_and_a_lower_file_read_through_takes_no_writes() {
+    let test = "plain_files_are_handed_to_the_kernel_and_a_lower_file_read_through_takes_no_writes";
+    if !require_root(test, "FUSE mounts") {
+        return;
+    }
+    if !kernel_has_passthrough() {
+        println!("SKIPPED {test}: the kernel is older than 6.9 (no FUSE passthrough)");
+        return;
+    }
+    let d = dirs();
+    let big: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+    std::fs::write(d.lower.join("big"), &big).unwrap();
+    std::fs::write(d.lower.join("small"), b"lower\n").unwrap();
+    let sock = d.work.parent().unwrap().join("api.sock");
+    let sock_arg = sock.display().to_string();
+    let mut m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &["--apisock", &sock_arg]);
+
+    // Reads and writes of plain files never reach the daemon: it read nothing itself.
+    assert!(std::fs::read(d.mnt.join("big")).unwrap() == big, "big read through the mount");
+    std::fs::write(d.mnt.join("new"), &big[..300_000]).unwrap();
+    assert!(std::fs::read(d.mnt.join("new")).unwrap() == big[..300_000]);
+    assert!(std::fs::read(d.upper.join("new")).unwrap() == big[..300_000], "written to the upper");
+    assert_eq!(data_read(&sock), 0, "passthrough reads are the kernel's");
+
+    // While a file open for reading reads the lower file, what would change its data is refused
+    // (its backing cannot change under it); metadata changes and more readers are fine.
+    let small = d.mnt.join("small");
+    let reader = std::fs::File::open(&small).unwrap();
+    let busy = Some(libc::ETXTBSY);
+    let e = std::fs::OpenOptions::new().append(true).open(&small).unwrap_err();
+    assert_eq!(e.raw_os_error(), busy, "append while lower-backed: {e}");
+    let e = nix::unistd::truncate(&small, 0).unwrap_err();
+    assert_eq!(e as i32, libc::ETXTBSY, "truncate while lower-backed");
+    sh(&format!("chmod 640 {}", small.display()));
+    assert_eq!(std::fs::read(&small).unwrap(), b"lower\n", "a second reader after the chmod");
+    drop(reader);
+    // Once the readers are gone, the file takes writes (in its upper copy).
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&small)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"upper\n"))
+        .unwrap();
+    assert_eq!(std::fs::read(&small).unwrap(), b"lower\nupper\n");
+    assert_eq!(std::fs::read(d.upper.join("small")).unwrap(), b"lower\nupper\n");
+    assert_eq!(std::fs::read(d.lower.join("small")).unwrap(), b"lower\n", "the lower is intact");
+    // A file open for writing and one for reading share the upper backing: the reader sees
+    // the writer's bytes at once.
+    let mut w = std::fs::OpenOptions::new().append(true).open(&small).unwrap();
+    let r = std::fs::File::open(&small).unwrap();
+    std::io::Write::write_all(&mut w, b"more\n").unwrap();
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut &r, &mut got).unwrap();
+    assert_eq!(got, "lower\nupper\nmore\n");
+    drop((w, r));
+    m.stop();
+
+    // --no-passthrough: the daemon reads (and counts) the bytes, and a write open of a lower
+    // file that is open for reading copies it up as kernel overlayfs does.
+    std::fs::remove_file(&sock).ok();
+    let _m = Overlay::start(
+        &[&d.lower],
+        &d.upper,
+        &d.work,
+        &d.mnt,
+        &["--apisock", &sock_arg, "--no-passthrough"],
+    );
+    assert!(std::fs::read(d.mnt.join("big")).unwrap() == big);
+    assert!(data_read(&sock) >= 1 << 20, "the daemon read big");
+    std::fs::write(d.lower.join("other"), b"x\n").unwrap();
+    let reader = std::fs::File::open(d.mnt.join("other")).unwrap();
+    std::fs::OpenOptions::new().append(true).open(d.mnt.join("other")).unwrap();
+    drop(reader);
+}

@@ -253,6 +253,7 @@ fn write_overlay(work: &Path, boot: &Path, blobs: &Path) -> Result<Option<Vec<St
         lowers: vec![std::sync::Arc::new(layer)],
         sync_copyup: true,
         timeout: crate::overlay::DEFAULT_TIMEOUT,
+        passthrough: true,
     })?;
     let serving = crate::daemon::serving::Serving::mount(
         &mnt,

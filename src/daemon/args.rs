@@ -76,6 +76,10 @@ pub struct OverlayCmd {
     /// against power loss).
     #[arg(long)]
     pub volatile: bool,
+    /// Keep plain files' reads and writes in the daemon instead of handing the files to the
+    /// kernel (FUSE passthrough, used where the kernel offers it; docs/overlay.md).
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// mount(8)-style options (lowerdir=, upperdir=, workdir=, volatile; others are ignored).
     #[arg(short = 'o')]
     pub options: Vec<String>,
@@ -156,6 +160,10 @@ pub struct FuseArgs {
     /// Mount read-write (needs an `overlay` section).
     #[arg(long)]
     pub writable: bool,
+    /// With --writable: keep upper files' reads and writes in the daemon instead of handing
+    /// the files to the kernel (FUSE passthrough; docs/overlay.md).
+    #[arg(long, requires = "writable")]
+    pub no_passthrough: bool,
     /// File listing paths to prefetch.
     #[arg(long, requires = "bootstrap")]
     pub prefetch_files: Option<PathBuf>,

@@ -205,6 +205,11 @@ impl FsMetrics {
         }
     }
 
+    /// Whether a per-file recorder (files, access pattern, latest reads) is on.
+    pub fn per_file(&self) -> bool {
+        self.recorders.files || self.recorders.pattern || self.recorders.latest
+    }
+
     /// Start recording an op on `inode`.
     pub fn begin(&self, fop: Fop, inode: u64) -> OpGuard<'_> {
         let req = self.next_req.fetch_add(1, Relaxed);

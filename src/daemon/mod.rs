@@ -11,6 +11,7 @@ pub mod image_paths;
 #[macro_use]
 pub mod log;
 pub mod metrics;
+pub mod passthrough;
 pub mod rafsfs;
 pub mod recorded;
 pub mod run;

@@ -26,6 +26,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 
 use super::metrics::{Fop, FsMetrics};
+use super::passthrough::Passthrough;
 use super::splice::SplicedRead;
 use crate::accesslog::{AccessSink, Event, Op};
 
@@ -63,6 +64,18 @@ impl<F: SplicedRead> SplicedRead for Recorded<F> {
         let n = n as u64;
         self.log(ctx, Op::Read, inode, |e| e.with_range(offset, n));
         Some(r)
+    }
+}
+
+/// Passthrough files' reads and writes never reach us: an access log or a per-file recorder
+/// that needs to see them keeps files cached.
+impl<F: Passthrough> Passthrough for Recorded<F> {
+    fn wants_passthrough(&self) -> bool {
+        self.inner.wants_passthrough() && !self.sink.enabled() && !self.metrics.per_file()
+    }
+
+    fn start_passthrough(&self, dev: BorrowedFd<'_>) -> io::Result<()> {
+        self.inner.start_passthrough(dev)
     }
 }
 

@@ -142,6 +142,7 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
             lowers: vec![Arc::new(layer)],
             sync_copyup: true,
             timeout: crate::overlay::DEFAULT_TIMEOUT,
+            passthrough: !f.no_passthrough,
         })?;
         let accesslog = config.as_ref().map(|c| c.accesslog.clone()).unwrap_or_default();
         let recorders =
@@ -379,6 +380,7 @@ fn run_overlay(o: OverlayCmd, sigs: SigSet) -> Result<()> {
         lowers,
         sync_copyup: !volatile,
         timeout: crate::overlay::DEFAULT_TIMEOUT,
+        passthrough: !o.no_passthrough,
     })?;
     let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
     let (exit_tx, exit_rx) = mpsc::channel::<()>();

@@ -16,6 +16,7 @@ use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FuseBuf, FuseDevWriter, FuseSession, Reader};
 
+use super::passthrough::{self, Passthrough};
 use super::splice::{SplicedRead, Splicer};
 
 /// How to mount.
@@ -39,7 +40,7 @@ pub struct Serving {
 impl Serving {
     /// Mount `fs` at `mountpoint` and serve it with `threads` workers. `on_exit` runs when a
     /// worker stops because the mount went away (an external `umount`).
-    pub fn mount<F: FileSystem + SplicedRead + Send + Sync + 'static>(
+    pub fn mount<F: FileSystem + SplicedRead + Passthrough + Send + Sync + 'static>(
         mountpoint: &Path,
         fs: Arc<F>,
         threads: usize,
@@ -285,7 +286,7 @@ fn brief(req: &[u8]) -> bool {
 
 /// Serve requests read from `dev` (blocking) until the connection ends, reading only when the
 /// `relay` lets this worker.
-fn serve_device<F: FileSystem + SplicedRead + Send + Sync>(
+fn serve_device<F: FileSystem + SplicedRead + Passthrough + Send + Sync>(
     dev: &std::fs::File,
     bufsize: usize,
     server: &Server<Arc<F>>,
@@ -332,6 +333,12 @@ fn serve_device<F: FileSystem + SplicedRead + Send + Sync>(
             }
         };
         relay.took(brief(&req[..n]));
+        if fs.wants_passthrough()
+            && passthrough::offers_passthrough(&req[..n])
+            && passthrough::answer_init(server, fs, dev.as_fd(), &mut req[..n], &mut reply)
+        {
+            continue;
+        }
         if splicer.as_mut().is_some_and(|s| s.answer(fs, dev.as_fd(), &req[..n])) {
             continue;
         }

@@ -703,6 +703,32 @@ fn file_open_options() -> OpenOptions {
     OpenOptions::KEEP_CACHE
 }
 
+impl OverlayFs {
+    /// With passthrough on, refuse a change of `node`'s data while its open files read its
+    /// lower file (see [`super::passthrough`]).
+    fn check_change(&self, node: u64) -> io::Result<()> {
+        self.passthrough().map_or(Ok(()), |p| p.check_change(node))
+    }
+
+    /// How the kernel does I/O on `open`, a new handle of `node`: its open options and, for
+    /// passthrough, the backing id.
+    fn open_mode(
+        &self,
+        node: u64,
+        open: &Open,
+        write: bool,
+    ) -> io::Result<(OpenOptions, Option<u32>)> {
+        let Some(p) = self.passthrough() else { return Ok((file_open_options(), None)) };
+        let lower = matches!(open, Open::Lower(_));
+        let r = super::passthrough::OpenRequest { node, file: open.file(), lower, write };
+        Ok(match p.open(&r)? {
+            // Alone: the kernel takes no cache flags beside it (EINVAL, the open fails EIO).
+            Some(id) => (crate::sys::open_options(super::passthrough::FOPEN_PASSTHROUGH), Some(id)),
+            None => (file_open_options(), None),
+        })
+    }
+}
+
 /// Clear set-user-ID and set-group-ID of the upper file `fd` after `ctx` changed its data or
 /// size without privilege, by the VFS rule (`setattr_should_drop_suidgid`): S_ISUID always;
 /// S_ISGID when group-exec is set (otherwise it marks mandatory locking) or the caller is not
@@ -800,6 +826,9 @@ impl FileSystem for OverlayFs {
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
         if self.table.lock().forget(inode, count) {
             self.drop_dir_fd(inode);
+            if let Some(p) = self.passthrough() {
+                p.forget(inode);
+            }
         }
     }
 
@@ -815,9 +844,12 @@ impl FileSystem for OverlayFs {
         }
         if !gone.is_empty() {
             let mut d = self.dirs.lock();
-            for i in gone {
+            for &i in &gone {
                 d.remove(i);
             }
+        }
+        if let Some(p) = self.passthrough() {
+            gone.iter().for_each(|&i| p.forget(i));
         }
     }
 
@@ -849,6 +881,9 @@ impl FileSystem for OverlayFs {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         let truncating = valid.contains(SetattrValid::SIZE) && attr.st_size == 0;
+        if valid.contains(SetattrValid::SIZE) {
+            self.check_change(inode)?;
+        }
         let v = self.copy_up(inode, !truncating)?;
         let fd = self.upper_fd(&v)?.ok_or_else(|| errno(libc::ESTALE))?;
         let raw = fd.as_raw_fd();
@@ -999,8 +1034,10 @@ impl FileSystem for OverlayFs {
         let flags = flags as i32;
         let trunc = flags & libc::O_TRUNC != 0;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY || trunc;
+        if write {
+            self.check_change(inode)?;
+        }
         let v = if write { self.copy_up(inode, !trunc)? } else { self.view(inode)? };
-        let opts = file_open_options();
         let open = match &v.upper {
             Some(_) => {
                 let f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
@@ -1014,7 +1051,8 @@ impl FileSystem for OverlayFs {
                 }
             }
         };
-        Ok((Some(self.add_handle(open)), opts, None))
+        let (opts, backing) = self.open_mode(inode, &open, write)?;
+        Ok((Some(self.add_handle(open)), opts, backing))
     }
 
     fn create(
@@ -1027,9 +1065,10 @@ impl FileSystem for OverlayFs {
         let (id, st, file) =
             self.make(ctx, parent, name.to_bytes(), Make::File(args.mode, args.flags), args.umask)?;
         let file = file.ok_or_else(|| errno(libc::EIO))?;
-        let opts = file_open_options();
-        let h = self.add_handle(Open::Upper(file));
-        Ok((self.entry(id, st), Some(h), opts, None))
+        let open = Open::Upper(file);
+        let (opts, backing) = self.open_mode(id, &open, true)?;
+        let h = self.add_handle(open);
+        Ok((self.entry(id, st), Some(h), opts, backing))
     }
 
     fn read(
@@ -1124,7 +1163,7 @@ impl FileSystem for OverlayFs {
     fn release(
         &self,
         _ctx: &Context,
-        _inode: u64,
+        inode: u64,
         _flags: u32,
         handle: u64,
         _flush: bool,
@@ -1132,6 +1171,9 @@ impl FileSystem for OverlayFs {
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
         self.drop_handle(handle);
+        if let Some(p) = self.passthrough() {
+            p.release(inode);
+        }
         Ok(())
     }
 

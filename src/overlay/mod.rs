@@ -20,6 +20,7 @@ pub mod fs;
 pub mod inode;
 pub mod layer;
 pub mod listing;
+pub mod passthrough;
 pub mod upper;
 
 use std::fs::File;
@@ -86,6 +87,8 @@ pub struct OverlayOptions {
     pub sync_copyup: bool,
     /// Entry and attribute cache timeout.
     pub timeout: Duration,
+    /// Hand plain files to the kernel (FUSE passthrough) where the kernel offers it.
+    pub passthrough: bool,
 }
 
 /// An open file of the overlay (directories have no handles: see [`listing`]).
@@ -124,6 +127,10 @@ pub struct OverlayFs {
     no_opendir: std::sync::atomic::AtomicBool,
     sync_copyup: bool,
     timeout: Duration,
+    /// Passthrough is wanted ([`OverlayOptions::passthrough`]) ...
+    want_passthrough: bool,
+    /// ... and, once INIT enabled it, in use.
+    passthrough: std::sync::OnceLock<passthrough::Passthrough>,
 }
 
 /// O_PATH descriptors of upper directories by node, so that every LOOKUP, CREATE, copy-up
@@ -253,7 +260,26 @@ impl OverlayFs {
             no_opendir: Default::default(),
             sync_copyup: opts.sync_copyup,
             timeout: opts.timeout,
+            want_passthrough: opts.passthrough,
+            passthrough: Default::default(),
         })
+    }
+
+    /// Whether this overlay would hand plain files to the kernel (FUSE passthrough).
+    pub fn wants_passthrough(&self) -> bool {
+        self.want_passthrough
+    }
+
+    /// INIT enabled passthrough: register backing files on FUSE device `dev` from now on.
+    pub fn start_passthrough(&self, dev: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        let p = passthrough::Passthrough::new(dev)?;
+        let _ = self.passthrough.set(p);
+        Ok(())
+    }
+
+    /// Passthrough, when INIT enabled it.
+    pub fn passthrough(&self) -> Option<&passthrough::Passthrough> {
+        self.passthrough.get()
     }
 
     /// The upper directory.

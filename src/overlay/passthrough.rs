@@ -1,0 +1,157 @@
+//! FUSE passthrough for the overlay's plain files (kernel 6.9+, protocol 7.40): an OPEN or
+//! CREATE reply names a registered backing file, and the kernel reads, writes and maps that
+//! file itself; no READ or WRITE of it reaches the daemon. Upper files and the files of
+//! plain-directory lowers qualify; RAFS files are decoded from chunks and stay cached.
+//!
+//! The kernel's rule (fs/fuse/iomode.c): while an inode is open, its open files are either all
+//! cached (page cache, READ and WRITE requests) or all passthrough to *one* registered backing
+//! file; an open that breaks it fails with EIO. So a node has a [`Mode`] while it has open
+//! handles, decided by its first open, and keeps one backing id until its last handle is
+//! released. A node whose open files read its *lower* file cannot take an open that changes
+//! its data (that needs the upper copy as backing): such an open, and a truncate, get ETXTBSY
+//! until those files close. It is the one place where passthrough changes what users see
+//! (docs/overlay.md); kernel overlayfs lets the old files read on in the lower file.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+/// FOPEN_PASSTHROUGH, the open reply flag fuse-backend-rs 0.14 has no name for.
+pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
+
+/// How a node's open files do I/O, while it has any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Through the daemon and the page cache.
+    Cached { opens: u32 },
+    /// Passthrough to backing `id`, the node's lower file when `lower`.
+    Backed { id: u32, lower: bool, opens: u32 },
+}
+
+/// What the kernel negotiated and the nodes' modes.
+pub struct Passthrough {
+    /// The FUSE device (a duplicate), where backing files are registered.
+    dev: OwnedFd,
+    nodes: Mutex<HashMap<u64, Mode>>,
+    /// Registering failed in a way every later attempt would too: open cached from now on.
+    off: AtomicBool,
+}
+
+/// One open of a node, as [`Passthrough::open`] needs it.
+pub struct OpenRequest<'a> {
+    /// The node (FUSE inode).
+    pub node: u64,
+    /// The plain file the open reads, None for a file read through its layer (RAFS).
+    pub file: Option<&'a File>,
+    /// The file is the node's lower file.
+    pub lower: bool,
+    /// The open may change the node's data (writable, or truncating).
+    pub write: bool,
+}
+
+impl Passthrough {
+    /// Passthrough on the FUSE device `dev` (after INIT enabled it).
+    pub fn new(dev: BorrowedFd<'_>) -> io::Result<Self> {
+        Ok(Self {
+            dev: dev.try_clone_to_owned()?,
+            nodes: Mutex::new(HashMap::new()),
+            off: AtomicBool::new(false),
+        })
+    }
+
+    /// Refuse (ETXTBSY) a change of `node`'s data while its open files read its lower file.
+    pub fn check_change(&self, node: u64) -> io::Result<()> {
+        match self.nodes.lock().get(&node) {
+            Some(Mode::Backed { lower: true, .. }) => {
+                Err(io::Error::from_raw_os_error(libc::ETXTBSY))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Count an open of `r.node`; the backing id to answer it with, None to open it cached.
+    pub fn open(&self, r: &OpenRequest<'_>) -> io::Result<Option<u32>> {
+        let mut nodes = self.nodes.lock();
+        match nodes.get_mut(&r.node) {
+            Some(Mode::Cached { opens }) => {
+                *opens += 1;
+                Ok(None)
+            }
+            Some(Mode::Backed { lower: true, .. }) if r.write => {
+                Err(io::Error::from_raw_os_error(libc::ETXTBSY))
+            }
+            // A read-only open of a node copied up (metadata only: its data cannot change
+            // while lower-backed files are open) reads the same bytes through the lower file.
+            Some(Mode::Backed { id, opens, .. }) => {
+                *opens += 1;
+                Ok(Some(*id))
+            }
+            None => {
+                let id = r.file.and_then(|f| self.register(f));
+                let mode = match id {
+                    Some(id) => Mode::Backed { id, lower: r.lower, opens: 1 },
+                    None => Mode::Cached { opens: 1 },
+                };
+                nodes.insert(r.node, mode);
+                Ok(id)
+            }
+        }
+    }
+
+    /// A handle of `node` was released; its last one ends the node's mode (and backing id).
+    pub fn release(&self, node: u64) {
+        let mut nodes = self.nodes.lock();
+        let Some(mode) = nodes.get_mut(&node) else { return };
+        let (Mode::Cached { opens } | Mode::Backed { opens, .. }) = mode;
+        *opens = opens.saturating_sub(1);
+        if *opens == 0 {
+            let mode = nodes.remove(&node);
+            drop(nodes);
+            if let Some(Mode::Backed { id, .. }) = mode {
+                self.unregister(id);
+            }
+        }
+    }
+
+    /// `node` is forgotten: the kernel has no open file of it left; drop what is still counted
+    /// (an open whose reply the kernel never took).
+    pub fn forget(&self, node: u64) {
+        let mode = self.nodes.lock().remove(&node);
+        if let Some(Mode::Backed { id, .. }) = mode {
+            self.unregister(id);
+        }
+    }
+
+    /// Nodes with open handles (tests and diagnostics).
+    pub fn open_nodes(&self) -> usize {
+        self.nodes.lock().len()
+    }
+
+    fn register(&self, file: &File) -> Option<u32> {
+        if self.off.load(Ordering::Relaxed) {
+            return None;
+        }
+        match crate::sys::fuse_backing_open(self.dev.as_fd(), file.as_fd()) {
+            Ok(id) => Some(id),
+            // A backing file on a stacked filesystem (overlayfs, another FUSE passthrough)
+            // exceeds the stack depth: this file opens cached, others may not.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => None,
+            Err(e) => {
+                if !self.off.swap(true, Ordering::Relaxed) {
+                    crate::log_warn!("FUSE passthrough: registering a backing file: {e}; files open cached from now on");
+                }
+                None
+            }
+        }
+    }
+
+    fn unregister(&self, id: u32) {
+        if let Err(e) = crate::sys::fuse_backing_close(self.dev.as_fd(), id) {
+            crate::log_warn!("FUSE passthrough: closing backing id {id}: {e}");
+        }
+    }
+}
