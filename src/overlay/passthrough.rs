@@ -155,3 +155,53 @@ impl Passthrough {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(node: u64, file: Option<&File>, lower: bool, write: bool) -> OpenRequest<'_> {
+        OpenRequest { node, file, lower, write }
+    }
+
+    #[test]
+    fn a_device_that_cannot_register_leaves_nodes_cached_and_counts_balance() {
+        // A plain file is no FUSE device: the ioctl fails (ENOTTY) and everything opens cached.
+        let dev = tempfile::tempfile().unwrap();
+        let p = Passthrough::new(dev.as_fd()).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        assert_eq!(p.open(&req(5, Some(&f), true, false)).unwrap(), None);
+        assert!(p.off.load(Ordering::Relaxed), "registration is not tried again");
+        assert_eq!(p.open(&req(5, Some(&f), false, true)).unwrap(), None, "cached takes writes");
+        assert!(p.check_change(5).is_ok());
+        assert_eq!(p.open_nodes(), 1);
+        p.release(5);
+        assert_eq!(p.open_nodes(), 1, "one handle is still open");
+        p.release(5);
+        assert_eq!(p.open_nodes(), 0);
+        p.release(5); // a release too many changes nothing
+        assert_eq!(p.open_nodes(), 0);
+    }
+
+    #[test]
+    fn a_lower_backed_node_takes_readers_and_refuses_data_changes_until_released() {
+        let dev = tempfile::tempfile().unwrap();
+        let p = Passthrough::new(dev.as_fd()).unwrap();
+        p.nodes.lock().insert(9, Mode::Backed { id: 3, lower: true, opens: 1 });
+        let busy = Some(libc::ETXTBSY);
+        assert_eq!(p.check_change(9).unwrap_err().raw_os_error(), busy);
+        assert_eq!(p.open(&req(9, None, false, true)).unwrap_err().raw_os_error(), busy);
+        // A reader after a metadata-only copy-up (its file is the upper one) shares the backing.
+        assert_eq!(p.open(&req(9, None, false, false)).unwrap(), Some(3));
+        p.release(9);
+        assert_eq!(p.check_change(9).unwrap_err().raw_os_error(), busy, "one reader is left");
+        p.release(9);
+        assert!(p.check_change(9).is_ok(), "no readers: the mode is gone");
+        // An upper-backed node takes writers and readers alike; forget drops what is left.
+        p.nodes.lock().insert(10, Mode::Backed { id: 4, lower: false, opens: 1 });
+        assert!(p.check_change(10).is_ok());
+        assert_eq!(p.open(&req(10, None, false, true)).unwrap(), Some(4));
+        p.forget(10);
+        assert_eq!(p.open_nodes(), 0);
+    }
+}
