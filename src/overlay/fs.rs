@@ -66,8 +66,17 @@ impl OverlayFs {
             generation: 0,
             attr: st,
             attr_flags: 0,
-            attr_timeout: self.timeout,
+            attr_timeout: self.attr_timeout(id),
             entry_timeout: self.timeout,
+        }
+    }
+
+    /// How long the kernel may cache `id`'s attributes: not at all while a writable
+    /// passthrough open can change them behind our back (see [`super::passthrough`]).
+    fn attr_timeout(&self, id: u64) -> Duration {
+        match self.passthrough() {
+            Some(p) if p.has_writers(id) => Duration::ZERO,
+            _ => self.timeout,
         }
     }
 
@@ -717,10 +726,12 @@ impl OverlayFs {
         node: u64,
         open: &Open,
         write: bool,
+        writable: bool,
     ) -> io::Result<(OpenOptions, Option<u32>)> {
         let Some(p) = self.passthrough() else { return Ok((file_open_options(), None)) };
         let lower = matches!(open, Open::Lower(_));
-        let r = super::passthrough::OpenRequest { node, file: open.file(), lower, write };
+        let file = open.file();
+        let r = super::passthrough::OpenRequest { node, file, lower, write, writable };
         Ok(match p.open(&r)? {
             // Alone: the kernel takes no cache flags beside it (EINVAL, the open fails EIO).
             Some(id) => (crate::sys::open_options(super::passthrough::FOPEN_PASSTHROUGH), Some(id)),
@@ -865,11 +876,11 @@ impl FileSystem for OverlayFs {
                 if let Open::Upper(f) = o.as_ref() {
                     let mut st = crate::sys::fstatat(f.as_raw_fd(), b"")?;
                     self.present(&v, &mut st);
-                    return Ok((st, self.timeout));
+                    return Ok((st, self.attr_timeout(inode)));
                 }
             }
         }
-        Ok((self.stat_view(&v)?, self.timeout))
+        Ok((self.stat_view(&v)?, self.attr_timeout(inode)))
     }
 
     fn setattr(
@@ -944,7 +955,7 @@ impl FileSystem for OverlayFs {
         }
         let mut st = crate::sys::fstatat(raw, b"")?;
         self.present(&v, &mut st);
-        Ok((st, self.timeout))
+        Ok((st, self.attr_timeout(inode)))
     }
 
     fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
@@ -1051,7 +1062,8 @@ impl FileSystem for OverlayFs {
                 }
             }
         };
-        let (opts, backing) = self.open_mode(inode, &open, write)?;
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let (opts, backing) = self.open_mode(inode, &open, write, writable)?;
         Ok((Some(self.add_handle(open)), opts, backing))
     }
 
@@ -1066,7 +1078,8 @@ impl FileSystem for OverlayFs {
             self.make(ctx, parent, name.to_bytes(), Make::File(args.mode, args.flags), args.umask)?;
         let file = file.ok_or_else(|| errno(libc::EIO))?;
         let open = Open::Upper(file);
-        let (opts, backing) = self.open_mode(id, &open, true)?;
+        let writable = args.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
+        let (opts, backing) = self.open_mode(id, &open, true, writable)?;
         let h = self.add_handle(open);
         Ok((self.entry(id, st), Some(h), opts, backing))
     }
@@ -1164,7 +1177,7 @@ impl FileSystem for OverlayFs {
         &self,
         _ctx: &Context,
         inode: u64,
-        _flags: u32,
+        flags: u32,
         handle: u64,
         _flush: bool,
         _flock_release: bool,
@@ -1172,7 +1185,7 @@ impl FileSystem for OverlayFs {
     ) -> io::Result<()> {
         self.drop_handle(handle);
         if let Some(p) = self.passthrough() {
-            p.release(inode);
+            p.release(inode, flags as i32 & libc::O_ACCMODE != libc::O_RDONLY);
         }
         Ok(())
     }

@@ -11,6 +11,12 @@
 //! its data (that needs the upper copy as backing): such an open, and a truncate, get ETXTBSY
 //! until those files close. It is the one place where passthrough changes what users see
 //! (docs/overlay.md); kernel overlayfs lets the old files read on in the lower file.
+//!
+//! Writes through a shared mapping of a passthrough file dirty the backing file's pages and
+//! change its times, which the kernel's cached attributes of our inode never learn (xfstests
+//! generic/080, 215). So while a node has a writable passthrough open, its attributes are not
+//! cached: the open drops what the kernel holds (FUSE_NOTIFY_INVAL_INODE) and its GETATTR and
+//! LOOKUP replies carry a zero timeout ([`Passthrough::has_writers`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -28,8 +34,9 @@ pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
 enum Mode {
     /// Through the daemon and the page cache.
     Cached { opens: u32 },
-    /// Passthrough to backing `id`, the node's lower file when `lower`.
-    Backed { id: u32, lower: bool, opens: u32 },
+    /// Passthrough to backing `id`, the node's lower file when `lower`; `writers` of the opens
+    /// may write.
+    Backed { id: u32, lower: bool, opens: u32, writers: u32 },
 }
 
 /// What the kernel negotiated and the nodes' modes.
@@ -51,6 +58,8 @@ pub struct OpenRequest<'a> {
     pub lower: bool,
     /// The open may change the node's data (writable, or truncating).
     pub write: bool,
+    /// The open's access mode allows writing (and so a writable shared mapping).
+    pub writable: bool,
 }
 
 impl Passthrough {
@@ -86,26 +95,46 @@ impl Passthrough {
             }
             // A read-only open of a node copied up (metadata only: its data cannot change
             // while lower-backed files are open) reads the same bytes through the lower file.
-            Some(Mode::Backed { id, opens, .. }) => {
+            Some(Mode::Backed { id, opens, writers, .. }) => {
                 *opens += 1;
-                Ok(Some(*id))
+                let (id, first_writer) = (*id, r.writable && *writers == 0);
+                *writers += u32::from(r.writable);
+                drop(nodes);
+                if first_writer {
+                    self.drop_cached_attrs(r.node);
+                }
+                Ok(Some(id))
             }
             None => {
                 let id = r.file.and_then(|f| self.register(f));
+                let writers = u32::from(r.writable);
                 let mode = match id {
-                    Some(id) => Mode::Backed { id, lower: r.lower, opens: 1 },
+                    Some(id) => Mode::Backed { id, lower: r.lower, opens: 1, writers },
                     None => Mode::Cached { opens: 1 },
                 };
                 nodes.insert(r.node, mode);
+                drop(nodes);
+                if id.is_some() && r.writable {
+                    self.drop_cached_attrs(r.node);
+                }
                 Ok(id)
             }
         }
     }
 
-    /// A handle of `node` was released; its last one ends the node's mode (and backing id).
-    pub fn release(&self, node: u64) {
+    /// Whether `node` has a writable passthrough open: its attributes must not be cached.
+    pub fn has_writers(&self, node: u64) -> bool {
+        matches!(self.nodes.lock().get(&node), Some(Mode::Backed { writers: 1.., .. }))
+    }
+
+    /// A handle of `node` (`writable` by its access mode) was released; its last one ends the
+    /// node's mode (and backing id).
+    pub fn release(&self, node: u64, writable: bool) {
         let mut nodes = self.nodes.lock();
         let Some(mode) = nodes.get_mut(&node) else { return };
+        if let (Mode::Backed { writers, .. }, true) = (&mut *mode, writable) {
+            *writers = writers.saturating_sub(1);
+        }
         let (Mode::Cached { opens } | Mode::Backed { opens, .. }) = mode;
         *opens = opens.saturating_sub(1);
         if *opens == 0 {
@@ -149,6 +178,24 @@ impl Passthrough {
         }
     }
 
+    /// FUSE_NOTIFY_INVAL_INODE for `node`'s attributes only (offset -1: no page is touched).
+    fn drop_cached_attrs(&self, node: u64) {
+        /// fuse_notify_code FUSE_NOTIFY_INVAL_INODE, sent in the header's error field.
+        const NOTIFY_INVAL_INODE: i32 = 2;
+        let mut msg = [0u8; 40];
+        msg[0..4].copy_from_slice(&40u32.to_ne_bytes());
+        msg[4..8].copy_from_slice(&NOTIFY_INVAL_INODE.to_ne_bytes());
+        // unique 0 (a notification); then fuse_notify_inval_inode_out: ino, off, len.
+        msg[16..24].copy_from_slice(&node.to_ne_bytes());
+        msg[24..32].copy_from_slice(&(-1i64).to_ne_bytes());
+        if let Err(e) = nix::unistd::write(&self.dev, &msg) {
+            // ENOENT: the kernel has no such inode cached, so nothing to drop.
+            if e != nix::errno::Errno::ENOENT {
+                crate::log_warn!("FUSE passthrough: invalidating attributes of node {node}: {e}");
+            }
+        }
+    }
+
     fn unregister(&self, id: u32) {
         if let Err(e) = crate::sys::fuse_backing_close(self.dev.as_fd(), id) {
             crate::log_warn!("FUSE passthrough: closing backing id {id}: {e}");
@@ -161,7 +208,7 @@ mod tests {
     use super::*;
 
     fn req(node: u64, file: Option<&File>, lower: bool, write: bool) -> OpenRequest<'_> {
-        OpenRequest { node, file, lower, write }
+        OpenRequest { node, file, lower, write, writable: write }
     }
 
     #[test]
@@ -175,11 +222,11 @@ mod tests {
         assert_eq!(p.open(&req(5, Some(&f), false, true)).unwrap(), None, "cached takes writes");
         assert!(p.check_change(5).is_ok());
         assert_eq!(p.open_nodes(), 1);
-        p.release(5);
+        p.release(5, false);
         assert_eq!(p.open_nodes(), 1, "one handle is still open");
-        p.release(5);
+        p.release(5, false);
         assert_eq!(p.open_nodes(), 0);
-        p.release(5); // a release too many changes nothing
+        p.release(5, false); // a release too many changes nothing
         assert_eq!(p.open_nodes(), 0);
     }
 
@@ -187,19 +234,27 @@ mod tests {
     fn a_lower_backed_node_takes_readers_and_refuses_data_changes_until_released() {
         let dev = tempfile::tempfile().unwrap();
         let p = Passthrough::new(dev.as_fd()).unwrap();
-        p.nodes.lock().insert(9, Mode::Backed { id: 3, lower: true, opens: 1 });
+        p.nodes.lock().insert(9, Mode::Backed { id: 3, lower: true, opens: 1, writers: 0 });
         let busy = Some(libc::ETXTBSY);
         assert_eq!(p.check_change(9).unwrap_err().raw_os_error(), busy);
         assert_eq!(p.open(&req(9, None, false, true)).unwrap_err().raw_os_error(), busy);
         // A reader after a metadata-only copy-up (its file is the upper one) shares the backing.
         assert_eq!(p.open(&req(9, None, false, false)).unwrap(), Some(3));
-        p.release(9);
+        p.release(9, false);
         assert_eq!(p.check_change(9).unwrap_err().raw_os_error(), busy, "one reader is left");
-        p.release(9);
+        p.release(9, false);
         assert!(p.check_change(9).is_ok(), "no readers: the mode is gone");
-        // An upper-backed node takes writers and readers alike; forget drops what is left.
-        p.nodes.lock().insert(10, Mode::Backed { id: 4, lower: false, opens: 1 });
+        assert!(!p.has_writers(9));
+        // An upper-backed node takes writers and readers alike, and its attributes are not
+        // cached while a writer is open; forget drops what is left.
+        p.nodes.lock().insert(10, Mode::Backed { id: 4, lower: false, opens: 1, writers: 0 });
         assert!(p.check_change(10).is_ok());
+        assert!(!p.has_writers(10));
+        assert_eq!(p.open(&req(10, None, false, true)).unwrap(), Some(4));
+        assert!(p.has_writers(10));
+        assert_eq!(p.open(&req(10, None, false, false)).unwrap(), Some(4));
+        p.release(10, true);
+        assert!(!p.has_writers(10), "the writer went, a reader stays");
         assert_eq!(p.open(&req(10, None, false, true)).unwrap(), Some(4));
         p.forget(10);
         assert_eq!(p.open_nodes(), 0);
