@@ -719,19 +719,20 @@ impl OverlayFs {
         self.passthrough().map_or(Ok(()), |p| p.check_change(node))
     }
 
-    /// How the kernel does I/O on `open`, a new handle of `node`: its open options and, for
-    /// passthrough, the backing id.
+    /// How the kernel does I/O on `open`, a new handle of `node` (`created` by this request):
+    /// its open options and, for passthrough, the backing id.
     fn open_mode(
         &self,
         node: u64,
         open: &Open,
         write: bool,
         writable: bool,
+        created: bool,
     ) -> io::Result<(OpenOptions, Option<u32>)> {
         let Some(p) = self.passthrough() else { return Ok((file_open_options(), None)) };
         let lower = matches!(open, Open::Lower(_));
         let file = open.file();
-        let r = super::passthrough::OpenRequest { node, file, lower, write, writable };
+        let r = super::passthrough::OpenRequest { node, file, lower, write, writable, created };
         Ok(match p.open(&r)? {
             // Alone: the kernel takes no cache flags beside it (EINVAL, the open fails EIO).
             Some(id) => (crate::sys::open_options(super::passthrough::FOPEN_PASSTHROUGH), Some(id)),
@@ -1063,7 +1064,7 @@ impl FileSystem for OverlayFs {
             }
         };
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let (opts, backing) = self.open_mode(inode, &open, write, writable)?;
+        let (opts, backing) = self.open_mode(inode, &open, write, writable, false)?;
         Ok((Some(self.add_handle(open)), opts, backing))
     }
 
@@ -1079,7 +1080,7 @@ impl FileSystem for OverlayFs {
         let file = file.ok_or_else(|| errno(libc::EIO))?;
         let open = Open::Upper(file);
         let writable = args.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
-        let (opts, backing) = self.open_mode(id, &open, true, writable)?;
+        let (opts, backing) = self.open_mode(id, &open, true, writable, true)?;
         let h = self.add_handle(open);
         Ok((self.entry(id, st), Some(h), opts, backing))
     }

@@ -60,6 +60,8 @@ pub struct OpenRequest<'a> {
     pub write: bool,
     /// The open's access mode allows writing (and so a writable shared mapping).
     pub writable: bool,
+    /// The node was just created (CREATE): the kernel holds no attributes of it to drop.
+    pub created: bool,
 }
 
 impl Passthrough {
@@ -100,7 +102,7 @@ impl Passthrough {
                 let (id, first_writer) = (*id, r.writable && *writers == 0);
                 *writers += u32::from(r.writable);
                 drop(nodes);
-                if first_writer {
+                if first_writer && !r.created {
                     self.drop_cached_attrs(r.node);
                 }
                 Ok(Some(id))
@@ -114,7 +116,7 @@ impl Passthrough {
                 };
                 nodes.insert(r.node, mode);
                 drop(nodes);
-                if id.is_some() && r.writable {
+                if id.is_some() && r.writable && !r.created {
                     self.drop_cached_attrs(r.node);
                 }
                 Ok(id)
@@ -155,8 +157,9 @@ impl Passthrough {
         }
     }
 
-    /// Nodes with open handles (tests and diagnostics).
-    pub fn open_nodes(&self) -> usize {
+    /// Nodes with open handles.
+    #[cfg(test)]
+    fn open_nodes(&self) -> usize {
         self.nodes.lock().len()
     }
 
@@ -208,7 +211,7 @@ mod tests {
     use super::*;
 
     fn req(node: u64, file: Option<&File>, lower: bool, write: bool) -> OpenRequest<'_> {
-        OpenRequest { node, file, lower, write, writable: write }
+        OpenRequest { node, file, lower, write, writable: write, created: false }
     }
 
     #[test]
