@@ -870,6 +870,32 @@ fn plain_files_are_handed_to_the_kernel_and_a_lower_file_read_through_takes_no_w
     }
     let getattrs = fop_hits(&sock, 0) - getattrs_before;
     assert!(getattrs < 50, "{getattrs} GETATTRs for 50 created files");
+    // Attribute changes through an open file act on that file, also once another file was
+    // renamed over its name; and the daemon holds no descriptor of a file after its last close
+    // (it uses the open ones for SETATTR and GETATTR meanwhile).
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", m.pid())).unwrap().count();
+    let fds_before = fds();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let a = std::fs::File::create(d.mnt.join("ra")).unwrap();
+        std::fs::write(d.mnt.join("rb"), b"b").unwrap();
+        std::fs::set_permissions(d.mnt.join("rb"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::rename(d.mnt.join("rb"), d.mnt.join("ra")).unwrap();
+        a.set_permissions(std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(a.metadata().unwrap().permissions().mode() & 0o777, 0o600, "the open file");
+        let now = std::fs::metadata(d.mnt.join("ra")).unwrap();
+        assert_eq!(now.permissions().mode() & 0o777, 0o644, "the file renamed over it");
+        let files: Vec<std::fs::File> =
+            (0..20).map(|i| std::fs::File::open(d.mnt.join(format!("c{i}"))).unwrap()).collect();
+        for f in &files {
+            f.set_permissions(std::fs::Permissions::from_mode(0o640)).unwrap();
+        }
+    }
+    let t0 = Instant::now();
+    while fds() > fds_before && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20)); // RELEASE is asynchronous
+    }
+    assert_eq!(fds(), fds_before, "daemon descriptors after every file was closed");
     // ... and still, once its size changed, a write through a mapping shows in stat at once,
     // while the writer keeps it open (a size change is a SETATTR answered uncached, or a write
     // after which the kernel drops the attributes itself). `stat -c %.9Y` asks statx for the

@@ -24,7 +24,7 @@ use nix::fcntl::RenameFlags;
 use super::inode::NodeView;
 use super::listing::Pass;
 use super::upper::{self, child_path, fd_path};
-use super::{errno, is_dir, Open, OverlayFs};
+use super::{errno, is_dir, Open, OverlayFs, UpperFd};
 
 /// Longest name (NAME_MAX).
 const NAME_MAX: usize = 255;
@@ -91,15 +91,6 @@ impl OverlayFs {
             Some(r) => self.install(parent.id, name, r).map(Some),
             None => Ok(None),
         }
-    }
-
-    /// Forget open handle `handle`. The file is closed (or the listing freed) after the lock
-    /// is released: RELEASE is asynchronous, so it runs next to the OPEN and READs of the
-    /// next file, which would otherwise wait on a close(2) under the lock (spinning, then
-    /// sched_yield, on 2 CPUs).
-    fn drop_handle(&self, handle: u64) {
-        let open = self.handles.write().remove(&handle);
-        drop(open);
     }
 
     fn release(&self, id: u64) {
@@ -635,12 +626,12 @@ impl OverlayFs {
     }
 
     /// Path for xattr calls on node `v`'s upper object, and whether to follow it.
-    fn xattr_path(&self, v: &NodeView) -> io::Result<(Vec<u8>, Option<Arc<OwnedFd>>, bool)> {
+    fn xattr_path(&self, v: &NodeView) -> io::Result<(Vec<u8>, Option<UpperFd>, bool)> {
         if v.kind == libc::S_IFLNK {
             let p = self.view(v.parent)?;
             let pfd = self.dir_fd(&p)?;
             let path = child_path(pfd.as_raw_fd(), &v.name);
-            return Ok((path, Some(pfd), false));
+            return Ok((path, Some(UpperFd::Path(pfd)), false));
         }
         let fd = self.upper_fd(v)?.ok_or_else(|| errno(libc::ESTALE))?;
         Ok((fd_path(fd.as_raw_fd()), Some(fd), true))
@@ -920,7 +911,14 @@ impl FileSystem for OverlayFs {
                     mode &= !libc::S_ISGID;
                 }
             }
-            upper::chmod(&fd_path(raw), mode)?;
+            match &fd {
+                UpperFd::Open(f) => {
+                    use std::os::unix::fs::PermissionsExt;
+                    f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?
+                }
+                // fchmod does not take an O_PATH descriptor.
+                UpperFd::Path(_) => upper::chmod(&fd_path(raw), mode)?,
+            }
         }
         if valid.contains(SetattrValid::SIZE) {
             let open = handle.and_then(|h| self.handle(h).ok());
@@ -1053,19 +1051,19 @@ impl FileSystem for OverlayFs {
         let open = match &v.upper {
             Some(_) => {
                 let f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT);
-                Open::Upper(File::from(self.open_upper(&v, f)?))
+                Open::Upper(Arc::new(File::from(self.open_upper(&v, f)?)))
             }
             None => {
                 let &(l, id) = v.lowers.first().ok_or_else(|| errno(libc::ESTALE))?;
                 match self.layers[l].open_file(id)? {
-                    Some(f) => Open::Lower(f),
+                    Some(f) => Open::Lower(Arc::new(f)),
                     None => Open::Layer(l, id),
                 }
             }
         };
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let (opts, backing) = self.open_mode(inode, &open, write, writable, false)?;
-        Ok((Some(self.add_handle(open)), opts, backing))
+        Ok((Some(self.add_handle(inode, open)), opts, backing))
     }
 
     fn create(
@@ -1078,10 +1076,10 @@ impl FileSystem for OverlayFs {
         let (id, st, file) =
             self.make(ctx, parent, name.to_bytes(), Make::File(args.mode, args.flags), args.umask)?;
         let file = file.ok_or_else(|| errno(libc::EIO))?;
-        let open = Open::Upper(file);
+        let open = Open::Upper(Arc::new(file));
         let writable = args.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
         let (opts, backing) = self.open_mode(id, &open, true, writable, true)?;
-        let h = self.add_handle(open);
+        let h = self.add_handle(id, open);
         let mut entry = self.entry(id, st);
         // The attributes of a file this request made empty may be cached even with a writable
         // passthrough open: what [`Self::attr_timeout`] guards against is a write through a
@@ -1194,7 +1192,7 @@ impl FileSystem for OverlayFs {
         _flock_release: bool,
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.drop_handle(handle);
+        self.drop_handle(inode, handle);
         if let Some(p) = self.passthrough() {
             p.release(inode, flags as i32 & libc::O_ACCMODE != libc::O_RDONLY);
         }

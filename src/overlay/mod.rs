@@ -93,10 +93,10 @@ pub struct OverlayOptions {
 
 /// An open file of the overlay (directories have no handles: see [`listing`]).
 pub enum Open {
-    /// A file of the upper directory.
-    Upper(File),
+    /// A file of the upper directory (shared with [`OverlayFs`]'s open-file index).
+    Upper(Arc<File>),
     /// A lower file read through a plain file.
-    Lower(File),
+    Lower(Arc<File>),
     /// A lower file read through its layer.
     Layer(usize, u64),
 }
@@ -105,7 +105,7 @@ impl Open {
     /// The plain file a READ of this handle reads, if there is one.
     pub fn file(&self) -> Option<&File> {
         match self {
-            Open::Upper(f) | Open::Lower(f) => Some(f),
+            Open::Upper(f) | Open::Lower(f) => Some(f.as_ref()),
             Open::Layer(..) => None,
         }
     }
@@ -117,6 +117,10 @@ pub struct OverlayFs {
     upper: Upper,
     table: Mutex<Table>,
     handles: RwLock<std::collections::HashMap<u64, Arc<Open>>>,
+    /// The upper files open through handles, per node: what node operations without a handle
+    /// (SETATTR of fchmod/fchown/futimens, GETATTR, xattrs) use instead of opening the node
+    /// by its file handle and closing it again (`tar` makes five such requests per file).
+    open_files: Mutex<std::collections::HashMap<u64, Vec<Arc<File>>>>,
     next_handle: AtomicU64,
     /// Per-node copy-up locks (only while a copy-up of that node runs).
     copyups: Mutex<std::collections::HashMap<u64, Arc<Mutex<()>>>>,
@@ -131,6 +135,29 @@ pub struct OverlayFs {
     want_passthrough: bool,
     /// ... and, once INIT enabled it, in use.
     passthrough: std::sync::OnceLock<passthrough::Passthrough>,
+}
+
+/// A descriptor of a node's upper object ([`OverlayFs::upper_fd`]).
+enum UpperFd {
+    /// O_PATH: kept for a removed object, cached for a directory, or opened by handle.
+    Path(Arc<OwnedFd>),
+    /// A file the node has open through a handle.
+    Open(Arc<File>),
+}
+
+impl From<OwnedFd> for UpperFd {
+    fn from(fd: OwnedFd) -> Self {
+        UpperFd::Path(Arc::new(fd))
+    }
+}
+
+impl AsRawFd for UpperFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            UpperFd::Path(fd) => fd.as_raw_fd(),
+            UpperFd::Open(f) => f.as_raw_fd(),
+        }
+    }
 }
 
 /// O_PATH descriptors of upper directories by node, so that every LOOKUP, CREATE, copy-up
@@ -253,6 +280,7 @@ impl OverlayFs {
             upper,
             table: Mutex::new(table),
             handles: RwLock::new(Default::default()),
+            open_files: Mutex::new(Default::default()),
             next_handle: AtomicU64::new(1),
             copyups: Mutex::new(Default::default()),
             dirs: Mutex::new(Default::default()),
@@ -291,25 +319,26 @@ impl OverlayFs {
         self.table.lock().view(id).ok_or_else(|| errno(libc::ESTALE))
     }
 
-    /// An O_PATH descriptor of the node's upper object, if it has one: the kept one of a
-    /// removed object, the cached one of a directory, else opened by handle.
-    fn upper_fd(&self, v: &NodeView) -> io::Result<Option<Arc<OwnedFd>>> {
+    /// A descriptor of the node's upper object, if it has one: the kept one of a removed
+    /// object, one of its open files, the cached one of a directory, else opened (O_PATH) by
+    /// handle.
+    fn upper_fd(&self, v: &NodeView) -> io::Result<Option<UpperFd>> {
         if let Some(k) = &v.kept {
-            return Ok(Some(k.clone()));
+            return Ok(Some(UpperFd::Path(k.clone())));
         }
         let Some(h) = &v.upper else { return Ok(None) };
         if !v.is_dir() {
-            return self
-                .upper
-                .open(h, libc::O_PATH | libc::O_NOFOLLOW)
-                .map(|fd| Some(Arc::new(fd)));
+            if let Some(f) = self.open_files.lock().get(&v.id).and_then(|fs| fs.first()) {
+                return Ok(Some(UpperFd::Open(f.clone())));
+            }
+            return self.upper.open(h, libc::O_PATH | libc::O_NOFOLLOW).map(|fd| Some(fd.into()));
         }
         if let Some(fd) = self.dirs.lock().get(v.id) {
-            return Ok(Some(fd));
+            return Ok(Some(UpperFd::Path(fd)));
         }
         let fd = Arc::new(self.upper.open(h, libc::O_PATH | libc::O_DIRECTORY)?);
         self.dirs.lock().insert(v.id, fd.clone());
-        Ok(Some(fd))
+        Ok(Some(UpperFd::Path(fd)))
     }
 
     /// Upper descriptor (O_PATH) of a directory that has one.
@@ -317,7 +346,10 @@ impl OverlayFs {
         if !v.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
-        self.upper_fd(v)?.ok_or_else(|| errno(libc::ESTALE))
+        match self.upper_fd(v)? {
+            Some(UpperFd::Path(fd)) => Ok(fd),
+            Some(UpperFd::Open(_)) | None => Err(errno(libc::ESTALE)),
+        }
     }
 
     /// Node `id` is gone, or its upper directory was removed: drop its cached descriptor.
@@ -508,11 +540,32 @@ impl OverlayFs {
         Ok((id, st))
     }
 
-    /// Register an open object; returns its handle.
-    fn add_handle(&self, o: Open) -> u64 {
+    /// Register an open object of node `node`; returns its handle.
+    fn add_handle(&self, node: u64, o: Open) -> u64 {
+        if let Open::Upper(f) = &o {
+            self.open_files.lock().entry(node).or_default().push(f.clone());
+        }
         let h = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles.write().insert(h, Arc::new(o));
         h
+    }
+
+    /// Forget open handle `handle` of node `node`. The file is closed (or the listing freed)
+    /// after the locks are released: RELEASE is asynchronous, so it runs next to the OPEN and
+    /// READs of the next file, which would otherwise wait on a close(2) under the lock
+    /// (spinning, then sched_yield, on 2 CPUs).
+    fn drop_handle(&self, node: u64, handle: u64) {
+        let open = self.handles.write().remove(&handle);
+        if let Some(Open::Upper(f)) = open.as_deref() {
+            let mut files = self.open_files.lock();
+            if let Some(fs) = files.get_mut(&node) {
+                fs.retain(|g| !Arc::ptr_eq(f, g));
+                if fs.is_empty() {
+                    files.remove(&node);
+                }
+            }
+        }
+        drop(open);
     }
 
     fn handle(&self, h: u64) -> io::Result<Arc<Open>> {
