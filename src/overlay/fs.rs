@@ -26,6 +26,10 @@ use super::listing::Pass;
 use super::upper::{self, child_path, fd_path};
 use super::{errno, is_dir, Open, OverlayFs, UpperFd};
 
+/// `__FMODE_EXEC`: set in the open flags the kernel passes on for an exec's open of the file
+/// (and again at its RELEASE).
+const FMODE_EXEC: i32 = 0x20;
+
 /// Longest name (NAME_MAX).
 const NAME_MAX: usize = 255;
 
@@ -1044,6 +1048,9 @@ impl FileSystem for OverlayFs {
         let flags = flags as i32;
         let trunc = flags & libc::O_TRUNC != 0;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY || trunc;
+        if trunc {
+            self.check_truncate_open(inode)?;
+        }
         if write {
             self.check_change(inode)?;
         }
@@ -1063,6 +1070,9 @@ impl FileSystem for OverlayFs {
         };
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let (opts, backing) = self.open_mode(inode, &open, write, writable, false)?;
+        if flags & FMODE_EXEC != 0 {
+            self.exec_open(inode, true);
+        }
         Ok((Some(self.add_handle(inode, open)), opts, backing))
     }
 
@@ -1193,6 +1203,9 @@ impl FileSystem for OverlayFs {
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
         self.drop_handle(inode, handle);
+        if flags as i32 & FMODE_EXEC != 0 {
+            self.exec_open(inode, false);
+        }
         if let Some(p) = self.passthrough() {
             p.release(inode, flags as i32 & libc::O_ACCMODE != libc::O_RDONLY);
         }

@@ -121,6 +121,9 @@ pub struct OverlayFs {
     /// (SETATTR of fchmod/fchown/futimens, GETATTR, xattrs) use instead of opening the node
     /// by its file handle and closing it again (`tar` makes five such requests per file).
     open_files: Mutex<std::collections::HashMap<u64, Vec<Arc<File>>>>,
+    /// Nodes being executed: open by an exec (`__FMODE_EXEC`) and not yet released, with the
+    /// number of such opens. See [`OverlayFs::check_truncate_open`].
+    executing: Mutex<std::collections::HashMap<u64, u32>>,
     next_handle: AtomicU64,
     /// Per-node copy-up locks (only while a copy-up of that node runs).
     copyups: Mutex<std::collections::HashMap<u64, Arc<Mutex<()>>>>,
@@ -281,6 +284,7 @@ impl OverlayFs {
             table: Mutex::new(table),
             handles: RwLock::new(Default::default()),
             open_files: Mutex::new(Default::default()),
+            executing: Mutex::new(Default::default()),
             next_handle: AtomicU64::new(1),
             copyups: Mutex::new(Default::default()),
             dirs: Mutex::new(Default::default()),
@@ -566,6 +570,32 @@ impl OverlayFs {
             }
         }
         drop(open);
+    }
+
+    /// Refuse an OPEN with O_TRUNC of node `node` while it is being executed (ETXTBSY). The
+    /// kernel hands O_TRUNC to the OPEN (FUSE_ATOMIC_O_TRUNC) and checks for a running
+    /// executable only afterwards, and only for O_RDONLY|O_TRUNC does the OPEN get that far:
+    /// truncating there would cut the file under the running program, which then dies of
+    /// SIGBUS or SIGSEGV at its next page fault, and the open still fails (pjdfstest
+    /// open::etxtbsy; fuse-overlayfs has the same hole, kernel overlayfs does not).
+    fn check_truncate_open(&self, node: u64) -> io::Result<()> {
+        match self.executing.lock().get(&node) {
+            Some(_) => Err(errno(libc::ETXTBSY)),
+            None => Ok(()),
+        }
+    }
+
+    /// An exec opened node `node` (`started`) or released such an open.
+    fn exec_open(&self, node: u64, started: bool) {
+        let mut e = self.executing.lock();
+        if started {
+            *e.entry(node).or_default() += 1;
+        } else if let Some(n) = e.get_mut(&node) {
+            *n -= 1;
+            if *n == 0 {
+                e.remove(&node);
+            }
+        }
     }
 
     fn handle(&self, h: u64) -> io::Result<Arc<Open>> {
