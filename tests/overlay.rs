@@ -898,7 +898,9 @@ fn plain_files_are_handed_to_the_kernel_and_a_lower_file_read_through_takes_no_w
     while fds() > fds_before && t0.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20)); // RELEASE is asynchronous
     }
-    assert_eq!(fds(), fds_before, "daemon descriptors after every file was closed");
+    // (At most as many: RELEASEs of earlier files may still have been on their way before.)
+    let fds_after = fds();
+    assert!(fds_after <= fds_before, "daemon descriptors: {fds_before} before, {fds_after} after");
     // ... and still, once its size changed, a write through a mapping shows in stat at once,
     // while the writer keeps it open (a size change is a SETATTR answered uncached, or a write
     // after which the kernel drops the attributes itself). `stat -c %.9Y` asks statx for the
