@@ -26,8 +26,7 @@ use super::listing::Pass;
 use super::upper::{self, child_path, fd_path};
 use super::{errno, is_dir, Open, OverlayFs, UpperFd};
 
-/// `__FMODE_EXEC`: set in the open flags the kernel passes on for an exec's open of the file
-/// (and again at its RELEASE).
+/// `__FMODE_EXEC`: set in the open flags the kernel passes on for an exec's open of the file.
 const FMODE_EXEC: i32 = 0x20;
 
 /// Longest name (NAME_MAX).
@@ -1070,10 +1069,11 @@ impl FileSystem for OverlayFs {
         };
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let (opts, backing) = self.open_mode(inode, &open, write, writable, false)?;
+        let h = self.add_handle(inode, open);
         if flags & FMODE_EXEC != 0 {
-            self.exec_open(inode, true);
+            self.exec_opened(inode, h);
         }
-        Ok((Some(self.add_handle(inode, open)), opts, backing))
+        Ok((Some(h), opts, backing))
     }
 
     fn create(
@@ -1203,9 +1203,7 @@ impl FileSystem for OverlayFs {
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
         self.drop_handle(inode, handle);
-        if flags as i32 & FMODE_EXEC != 0 {
-            self.exec_open(inode, false);
-        }
+        self.exec_released(handle);
         if let Some(p) = self.passthrough() {
             p.release(inode, flags as i32 & libc::O_ACCMODE != libc::O_RDONLY);
         }

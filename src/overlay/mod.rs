@@ -121,9 +121,9 @@ pub struct OverlayFs {
     /// (SETATTR of fchmod/fchown/futimens, GETATTR, xattrs) use instead of opening the node
     /// by its file handle and closing it again (`tar` makes five such requests per file).
     open_files: Mutex<std::collections::HashMap<u64, Vec<Arc<File>>>>,
-    /// Nodes being executed: open by an exec (`__FMODE_EXEC`) and not yet released, with the
-    /// number of such opens. See [`OverlayFs::check_truncate_open`].
-    executing: Mutex<std::collections::HashMap<u64, u32>>,
+    /// Nodes being executed: open by an exec (`__FMODE_EXEC`) and not yet released. See
+    /// [`OverlayFs::check_truncate_open`].
+    executing: Mutex<Execs>,
     next_handle: AtomicU64,
     /// Per-node copy-up locks (only while a copy-up of that node runs).
     copyups: Mutex<std::collections::HashMap<u64, Arc<Mutex<()>>>>,
@@ -138,6 +138,13 @@ pub struct OverlayFs {
     want_passthrough: bool,
     /// ... and, once INIT enabled it, in use.
     passthrough: std::sync::OnceLock<passthrough::Passthrough>,
+}
+
+/// The exec opens of nodes: their handles (by handle, the node) and, per node, how many.
+#[derive(Default)]
+struct Execs {
+    handles: std::collections::HashMap<u64, u64>,
+    nodes: std::collections::HashMap<u64, u32>,
 }
 
 /// A descriptor of a node's upper object ([`OverlayFs::upper_fd`]).
@@ -579,21 +586,28 @@ impl OverlayFs {
     /// SIGBUS or SIGSEGV at its next page fault, and the open still fails (pjdfstest
     /// open::etxtbsy; fuse-overlayfs has the same hole, kernel overlayfs does not).
     fn check_truncate_open(&self, node: u64) -> io::Result<()> {
-        match self.executing.lock().get(&node) {
-            Some(_) => Err(errno(libc::ETXTBSY)),
-            None => Ok(()),
+        match self.executing.lock().nodes.contains_key(&node) {
+            true => Err(errno(libc::ETXTBSY)),
+            false => Ok(()),
         }
     }
 
-    /// An exec opened node `node` (`started`) or released such an open.
-    fn exec_open(&self, node: u64, started: bool) {
+    /// Handle `handle` of node `node` is an exec's open.
+    fn exec_opened(&self, node: u64, handle: u64) {
         let mut e = self.executing.lock();
-        if started {
-            *e.entry(node).or_default() += 1;
-        } else if let Some(n) = e.get_mut(&node) {
+        e.handles.insert(handle, node);
+        *e.nodes.entry(node).or_default() += 1;
+    }
+
+    /// Handle `handle` was released: if it was an exec's, its node may be written again once
+    /// no other exec has it open.
+    fn exec_released(&self, handle: u64) {
+        let mut e = self.executing.lock();
+        let Some(node) = e.handles.remove(&handle) else { return };
+        if let Some(n) = e.nodes.get_mut(&node) {
             *n -= 1;
             if *n == 0 {
-                e.remove(&node);
+                e.nodes.remove(&node);
             }
         }
     }
