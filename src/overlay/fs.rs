@@ -422,14 +422,11 @@ impl OverlayFs {
         let pfd = self.dir_fd(&p)?;
         let pfd = pfd.as_raw_fd();
         let work = self.upper.work_fd();
-        let in_upper = match crate::sys::fstatat(pfd, name) {
-            Ok(s) => !super::layer::is_whiteout(&s),
-            Err(_) => false,
-        };
+        let real = crate::sys::fstatat(pfd, name).ok().filter(|s| !super::layer::is_whiteout(s));
+        let in_upper = real.is_some();
         let mut last_link = true;
         let mut kept = None;
-        if in_upper {
-            let real = crate::sys::fstatat(pfd, name)?;
+        if let Some(real) = real {
             last_link = dir || real.st_nlink <= 1;
             if last_link {
                 kept = Some(keep_fd(pfd, name)?);
