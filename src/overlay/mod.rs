@@ -422,13 +422,12 @@ impl OverlayFs {
             match crate::sys::fstatat(pfd.as_raw_fd(), name) {
                 Ok(st) if layer::is_whiteout(&st) => return Ok(None),
                 Ok(st) => {
-                    let path = upper::child_path(pfd.as_raw_fd(), name);
-                    let origin = upper::origin_ino(&path);
+                    let origin = upper::origin_ino_at(pfd.as_raw_fd(), name);
                     if is_dir(&st) {
-                        if upper::is_opaque(&path) {
+                        if upper::is_opaque_at(pfd.as_raw_fd(), name) {
                             search_lower = false;
                         }
-                        redirect = upper::redirect(&path);
+                        redirect = upper::redirect_at(pfd.as_raw_fd(), name);
                     } else {
                         search_lower = false;
                     }
