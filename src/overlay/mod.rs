@@ -585,10 +585,10 @@ impl OverlayFs {
     /// SIGBUS or SIGSEGV at its next page fault, and the open still fails (pjdfstest
     /// open::etxtbsy; fuse-overlayfs has the same hole, kernel overlayfs does not).
     fn check_truncate_open(&self, node: u64) -> io::Result<()> {
-        match self.executing.lock().nodes.contains_key(&node) {
-            true => Err(errno(libc::ETXTBSY)),
-            false => Ok(()),
+        if self.executing.lock().nodes.contains_key(&node) {
+            return Err(errno(libc::ETXTBSY));
         }
+        Ok(())
     }
 
     /// Handle `handle` of node `node` is an exec's open.
