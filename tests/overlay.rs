@@ -804,19 +804,22 @@ fn kernel_has_passthrough() -> bool {
     (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 9)
 }
 
-/// nydusd's `data_read`: the bytes the daemon itself read for the overlay's READs.
-fn data_read(sock: &Path) -> u64 {
+/// The daemon's nydusd-style metrics (`GET /api/v1/metrics`).
+fn metrics(sock: &Path) -> serde_json::Value {
     let (status, body) = common::daemon::http(sock, "GET", "/api/v1/metrics", None).unwrap();
     assert_eq!(status, 200, "{body}");
-    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+/// nydusd's `data_read`: the bytes the daemon itself read for the overlay's READs.
+fn data_read(sock: &Path) -> u64 {
+    let m = metrics(sock);
     m["data_read"].as_u64().unwrap_or_else(|| panic!("no data_read in {m}"))
 }
 
 /// nydusd's `fop_hits[op]`: the FUSE requests of kind `op` (0 is GETATTR) the daemon answered.
 fn fop_hits(sock: &Path, op: usize) -> u64 {
-    let (status, body) = common::daemon::http(sock, "GET", "/api/v1/metrics", None).unwrap();
-    assert_eq!(status, 200, "{body}");
-    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let m = metrics(sock);
     m["fop_hits"][op].as_u64().unwrap_or_else(|| panic!("no fop_hits[{op}] in {m}"))
 }
 
