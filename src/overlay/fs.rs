@@ -1200,7 +1200,7 @@ impl FileSystem for OverlayFs {
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
         self.drop_handle(inode, handle);
-        self.exec_released(handle);
+        self.exec_released(inode, handle);
         if let Some(p) = self.passthrough() {
             p.release(inode, flags as i32 & libc::O_ACCMODE != libc::O_RDONLY);
         }

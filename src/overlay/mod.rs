@@ -140,10 +140,10 @@ pub struct OverlayFs {
     passthrough: std::sync::OnceLock<passthrough::Passthrough>,
 }
 
-/// The exec opens of nodes: their handles (by handle, the node) and, per node, how many.
+/// The exec opens of nodes: their handles and, per node, how many.
 #[derive(Default)]
 struct Execs {
-    handles: std::collections::HashMap<u64, u64>,
+    handles: std::collections::HashSet<u64>,
     nodes: std::collections::HashMap<u64, u32>,
 }
 
@@ -594,15 +594,17 @@ impl OverlayFs {
     /// Handle `handle` of node `node` is an exec's open.
     fn exec_opened(&self, node: u64, handle: u64) {
         let mut e = self.executing.lock();
-        e.handles.insert(handle, node);
+        e.handles.insert(handle);
         *e.nodes.entry(node).or_default() += 1;
     }
 
-    /// Handle `handle` was released: if it was an exec's, its node may be written again once
-    /// no other exec has it open.
-    fn exec_released(&self, handle: u64) {
+    /// Handle `handle` of node `node` was released: if it was an exec's, the node may be
+    /// written again once no other exec has it open.
+    fn exec_released(&self, node: u64, handle: u64) {
         let mut e = self.executing.lock();
-        let Some(node) = e.handles.remove(&handle) else { return };
+        if !e.handles.remove(&handle) {
+            return;
+        }
         if let Some(n) = e.nodes.get_mut(&node) {
             *n -= 1;
             if *n == 0 {
