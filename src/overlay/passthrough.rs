@@ -183,11 +183,12 @@ impl Passthrough {
 
     /// FUSE_NOTIFY_INVAL_INODE for `node`'s attributes only (offset -1: no page is touched).
     fn drop_cached_attrs(&self, node: u64) {
-        /// fuse_notify_code FUSE_NOTIFY_INVAL_INODE, sent in the header's error field.
-        const NOTIFY_INVAL_INODE: i32 = 2;
-        let mut msg = [0u8; 40];
-        msg[0..4].copy_from_slice(&40u32.to_ne_bytes());
-        msg[4..8].copy_from_slice(&NOTIFY_INVAL_INODE.to_ne_bytes());
+        use fuse_backend_rs::abi::fuse_abi::{NotifyInvalInodeOut, NotifyOpcode, OutHeader};
+        const LEN: usize = size_of::<OutHeader>() + size_of::<NotifyInvalInodeOut>();
+        let mut msg = [0u8; LEN];
+        msg[0..4].copy_from_slice(&(LEN as u32).to_ne_bytes());
+        // The notification code goes in the header's error field.
+        msg[4..8].copy_from_slice(&(NotifyOpcode::InvalInode as i32).to_ne_bytes());
         // unique 0 (a notification); then fuse_notify_inval_inode_out: ino, off, len.
         msg[16..24].copy_from_slice(&node.to_ne_bytes());
         msg[24..32].copy_from_slice(&(-1i64).to_ne_bytes());
