@@ -5,8 +5,10 @@
 #   util-linux   losetup and mount for the kernel erofs oracle
 #   python3      benchmark tree generators; the overlay's venv workload
 #   git, attr    overlay workloads (git inside the mount) and xattr set-up in tests
+#   acl          setfacl/getfacl: the overlay's default-ACL test
+#   xfsprogs     xfs_io: the overlay's fallocate and passthrough (mapped write) tests
 set -euo pipefail
-PKGS=(erofs-utils fuse3 util-linux python3 python3-venv git attr)
+PKGS=(erofs-utils fuse3 util-linux python3 python3-venv git attr acl xfsprogs)
 APT=(apt-get -o DPkg::Lock::Timeout=300 -y -q)
 
 missing=()
