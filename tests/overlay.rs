@@ -806,7 +806,17 @@ fn kernel_has_passthrough() -> bool {
 
 /// The daemon's nydusd-style metrics (`GET /api/v1/metrics`).
 fn metrics(sock: &Path) -> serde_json::Value {
-    let (status, body) = common::daemon::http(sock, "GET", "/api/v1/metrics", None).unwrap();
+    // The API socket may come up a moment after the mount.
+    let t0 = Instant::now();
+    let (status, body) = loop {
+        match common::daemon::http(sock, "GET", "/api/v1/metrics", None) {
+            Ok(r) => break r,
+            Err(_) if t0.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("GET /api/v1/metrics on {}: {e}", sock.display()),
+        }
+    };
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -1035,5 +1045,53 @@ fn an_o_trunc_open_does_not_cut_a_running_program() {
             std::thread::sleep(Duration::from_millis(20)); // RELEASE is asynchronous
         }
         assert_eq!(std::fs::metadata(&prog).unwrap().len(), 0, "{extra:?}: truncated after exit");
+    }
+}
+
+#[test]
+fn only_copy_ups_that_copy_data_wait_for_an_fsync() {
+    let test = "only_copy_ups_that_copy_data_wait_for_an_fsync";
+    if !require_root(test, "FUSE mounts") {
+        return;
+    }
+    use std::io::Write;
+    for volatile in [false, true] {
+        let d = dirs();
+        std::fs::create_dir(d.lower.join("dir")).unwrap();
+        for (name, data) in [("data", &b"123456"[..]), ("empty", b""), ("trunc", b"12345")] {
+            std::fs::write(d.lower.join(name), data).unwrap();
+        }
+        let sock = d.work.parent().unwrap().join("api.sock");
+        let mut args = vec!["--apisock".to_string(), sock.display().to_string()];
+        if volatile {
+            args.push("--volatile".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _m = Overlay::start(&[&d.lower], &d.upper, &d.work, &d.mnt, &args);
+        let counts = || {
+            let m = metrics(&sock);
+            let n = |k: &str| m[k].as_u64().unwrap_or_else(|| panic!("no {k} in {m}"));
+            (n("copy_up_count"), n("copy_up_bytes_total"), n("copy_up_sync_count"))
+        };
+        assert_eq!(counts(), (0, 0, 0), "volatile {volatile}: before any change");
+        // Metadata only: a directory (for a file created in it), an empty file appended to,
+        // a file an O_TRUNC open empties. The one data copy: the chmod of `data`.
+        std::fs::write(d.mnt.join("dir/new"), b"n").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.mnt.join("empty"))
+            .unwrap()
+            .write_all(b"e")
+            .unwrap();
+        std::fs::write(d.mnt.join("trunc"), b"t").unwrap();
+        sh(&format!("chmod 600 {}", d.mnt.join("data").display()));
+        let want_syncs = if volatile { 0 } else { 1 };
+        assert_eq!(counts(), (4, 6, want_syncs), "volatile {volatile}: (objects, bytes, fsyncs)");
+        for (name, want) in [("dir/new", &b"n"[..]), ("empty", b"e"), ("trunc", b"t")] {
+            assert_eq!(std::fs::read(d.upper.join(name)).unwrap(), want, "upper {name}");
+        }
+        assert_eq!(std::fs::read(d.upper.join("data")).unwrap(), b"123456", "upper data");
+        let mode = std::fs::metadata(d.upper.join("data")).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o600, "upper data mode");
     }
 }

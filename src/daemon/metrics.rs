@@ -7,10 +7,13 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde_json::{json, Value};
+
+use crate::overlay::copyup::CopyUpStats;
 
 /// FUSE operations counted, in nydusd's `StatsFop` order (the index into `fop_hits`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +122,8 @@ pub struct FsMetrics {
     latest: Mutex<std::collections::BTreeSet<u64>>,
     inflight: Mutex<HashMap<u64, Inflight>>,
     next_req: AtomicU64,
+    /// A writable overlay's copy-up counters, shown beside nydusd's fields.
+    copy_ups: std::sync::OnceLock<Arc<CopyUpStats>>,
 }
 
 /// Records one request: created at the start of an op, finished with its outcome.
@@ -202,7 +207,14 @@ impl FsMetrics {
             latest: Mutex::new(Default::default()),
             inflight: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
+            copy_ups: Default::default(),
         }
+    }
+
+    /// Show a writable overlay's copy-up counters in [`FsMetrics::global`] (`copy_up_count`,
+    /// `copy_up_bytes_total`, `copy_up_sync_count`).
+    pub fn track_copy_ups(&self, stats: Arc<CopyUpStats>) {
+        let _ = self.copy_ups.set(stats);
     }
 
     /// Whether a per-file recorder (files, access pattern, latest reads) is on.
@@ -225,7 +237,7 @@ impl FsMetrics {
     /// `/api/v1/metrics` shape.
     pub fn global(&self) -> Value {
         let load = |a: &[AtomicU64]| a.iter().map(|x| x.load(Relaxed)).collect::<Vec<_>>();
-        json!({
+        let mut v = json!({
             "id": self.id,
             "nr_opens": 0,
             "nr_max_opens": 0,
@@ -238,7 +250,14 @@ impl FsMetrics {
             "files_account_enabled": self.recorders.files,
             "access_pattern_enabled": self.recorders.pattern,
             "record_latest_read_files_enabled": self.recorders.latest,
-        })
+        });
+        if let Some(c) = self.copy_ups.get() {
+            let (objects, bytes, syncs) = c.get();
+            v["copy_up_count"] = objects.into();
+            v["copy_up_bytes_total"] = bytes.into();
+            v["copy_up_sync_count"] = syncs.into();
+        }
+        v
     }
 
     /// `/api/v1/metrics/files` shape (object keyed by inode number), or with `latest` the

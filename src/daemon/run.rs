@@ -325,6 +325,7 @@ fn recorded_overlay(
         Arc::new(AccessSink::off())
     };
     let metrics = Arc::new(super::metrics::FsMetrics::new("/", recorders));
+    metrics.track_copy_ups(fs.copy_up_stats());
     daemon.set_overlay(sink.clone(), metrics.clone());
     Ok(Arc::new(Recorded::new(fs, sink, metrics)))
 }

@@ -2,16 +2,23 @@
 //!
 //! The copy is built under a fresh name in the staging directory — data (holes kept, through
 //! `copy_file_range` from plain-directory layers), xattrs, owner, mode, times, and the inode
-//! number users saw — optionally fsynced, then renamed into place with RENAME_NOREPLACE. A
-//! crash leaves the old state visible plus a staging leftover that the next mount removes.
-//! Only the node's own copy-up lock is held while data is copied, so requests for other files
-//! proceed; parents are copied up first (metadata only).
+//! number users saw — fsynced when it holds data (unless the mount is volatile), then renamed
+//! into place with RENAME_NOREPLACE. A crash leaves the old state visible plus a staging
+//! leftover that the next mount removes. Only the node's own copy-up lock is held while data
+//! is copied, so requests for other files proceed; parents are copied up first (metadata
+//! only).
+//!
+//! A copy without data (a directory, a symlink, an empty file, or one an O_TRUNC open is about
+//! to empty) is not fsynced, as in kernel overlayfs: the upper filesystem's journal commits the
+//! staging, the metadata and the rename in order, so a crash shows the old state or the whole
+//! copy, and the fsync would only wait for a journal commit (~150 µs) per file.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use super::inode::NodeView;
@@ -22,7 +29,30 @@ use super::{errno, OverlayFs};
 /// Bytes per read when copying from a layer without a plain file.
 const COPY_STEP: u64 = 1 << 20;
 
+/// What copy-up has done since the mount (for the daemon's metrics).
+#[derive(Debug, Default)]
+pub struct CopyUpStats {
+    /// Objects copied up (directories, files, symlinks, special files).
+    pub objects: AtomicU64,
+    /// Bytes of file data copied (the files' sizes; holes included).
+    pub bytes: AtomicU64,
+    /// Copies fsynced before their rename into place.
+    pub syncs: AtomicU64,
+}
+
+impl CopyUpStats {
+    /// (objects, bytes, syncs) now.
+    pub fn get(&self) -> (u64, u64, u64) {
+        (self.objects.load(Relaxed), self.bytes.load(Relaxed), self.syncs.load(Relaxed))
+    }
+}
+
 impl OverlayFs {
+    /// What copy-up has done since the mount.
+    pub fn copy_up_stats(&self) -> Arc<CopyUpStats> {
+        self.copy_up_stats.clone()
+    }
+
     /// Make sure node `id` has an upper object and return its view. `data` = false skips the
     /// file's contents (the caller truncates it to 0 anyway).
     pub(crate) fn copy_up(&self, id: u64, data: bool) -> io::Result<NodeView> {
@@ -53,11 +83,20 @@ impl OverlayFs {
     }
 
     fn copy_up_locked(&self, v: &NodeView, parent: &NodeView, data: bool) -> io::Result<NodeView> {
-        // A copy (and its fsync) may take long: let the FUSE server read on meanwhile.
-        crate::slow::ahead();
         let &(l, lid) = v.lowers.first().ok_or_else(|| errno(libc::ESTALE))?;
         let layer = &self.layers[l];
         let st = layer.getattr(lid)?;
+        let bytes = if data && st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            st.st_size.max(0) as u64
+        } else {
+            0
+        };
+        // A copy that waits for the disk (an fsync), or copies more than one request's worth,
+        // may take long: let the FUSE server read on meanwhile. Smaller copies are as brief as
+        // a READ (a chunk fetch from a remote backend says so by itself).
+        if bytes > 0 && (self.sync_copyup || bytes > COPY_STEP) {
+            crate::slow::ahead();
+        }
         let pfd = self.dir_fd(parent)?;
         let work = self.upper.work_fd();
         let tmp = self.upper.tmp_name();
@@ -67,7 +106,7 @@ impl OverlayFs {
         // number the other names still show (kernel overlayfs without index does the same).
         let keep_ino = st.st_nlink <= 1 || v.is_dir();
         let built =
-            self.build_copy(layer.as_ref(), lid, &st, keep_ino.then_some(v.ino), &tmp, data);
+            self.build_copy(layer.as_ref(), lid, &st, keep_ino.then_some(v.ino), &tmp, bytes > 0);
         let placed = built.and_then(|absent| {
             upper::rename(
                 work,
@@ -94,11 +133,14 @@ impl OverlayFs {
         let h = crate::sys::name_to_handle_at(pfd.as_raw_fd(), &v.name)?;
         let ust = crate::sys::fstatat(pfd.as_raw_fd(), &v.name)?;
         self.table.lock().copied_up(v.id, h, ust.st_ino, (!keep_ino).then_some(ust.st_ino), absent);
+        self.copy_up_stats.objects.fetch_add(1, Relaxed);
+        self.copy_up_stats.bytes.fetch_add(bytes, Relaxed);
         self.view(v.id)
     }
 
-    /// Build the copy of lower object `lid` as `tmp` in the staging directory; says whether it
-    /// has no file capability and no default ACL (none among the xattrs copied).
+    /// Build the copy of lower object `lid` as `tmp` in the staging directory, with the file's
+    /// data when `data` (then fsynced, unless the mount is volatile); says whether it has no
+    /// file capability and no default ACL (none among the xattrs copied).
     fn build_copy(
         &self,
         layer: &dyn Layer,
@@ -185,10 +227,9 @@ impl OverlayFs {
             name,
             [ts(st.st_atime, st.st_atime_nsec), ts(st.st_mtime, st.st_mtime_nsec)],
         )?;
-        if let Some(f) = file {
-            if self.sync_copyup {
-                f.sync_all()?;
-            }
+        if let Some(f) = file.filter(|_| data && self.sync_copyup) {
+            f.sync_all()?;
+            self.copy_up_stats.syncs.fetch_add(1, Relaxed);
         }
         Ok((no_caps, no_default_acl))
     }

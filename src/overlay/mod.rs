@@ -83,7 +83,8 @@ pub struct OverlayOptions {
     pub work: PathBuf,
     /// Read-only layers, top first.
     pub lowers: Vec<Arc<dyn Layer>>,
-    /// fsync copied-up files before renaming them into place (kernel overlayfs does).
+    /// fsync copied-up files that hold data before renaming them into place (kernel overlayfs
+    /// does, unless mounted `volatile`).
     pub sync_copyup: bool,
     /// Entry and attribute cache timeout.
     pub timeout: Duration,
@@ -127,6 +128,7 @@ pub struct OverlayFs {
     next_handle: AtomicU64,
     /// Per-node copy-up locks (only while a copy-up of that node runs).
     copyups: Mutex<std::collections::HashMap<u64, Arc<Mutex<()>>>>,
+    copy_up_stats: Arc<copyup::CopyUpStats>,
     dirs: Mutex<DirFds>,
     /// Listings of directory passes in progress (there are no directory handles).
     listings: listing::Listings,
@@ -294,6 +296,7 @@ impl OverlayFs {
             executing: Mutex::new(Default::default()),
             next_handle: AtomicU64::new(1),
             copyups: Mutex::new(Default::default()),
+            copy_up_stats: Default::default(),
             dirs: Mutex::new(Default::default()),
             listings: Default::default(),
             no_opendir: Default::default(),
