@@ -25,6 +25,9 @@
 #                    untimed) and served as `--lowerdir=boot -D blobs`; each run gets a fresh
 #                    copy of the image (the blob dir is also stratad's blobcache, so it starts
 #                    cold); its checks compare against the plain source tree.
+#                    Also `strata-volatile` and `kovl-volatile`: the same mounted with
+#                    `volatile` (no fsync of copied-up files), the durability fuse-overlayfs
+#                    has (it never fsyncs a copy-up), for a like-for-like comparison.
 #   STRATAD=target/release/stratad (of this repo)   the stratad binary
 #   STRATA=$(dirname $STRATAD)/strata if that exists, else target/release/strata
 #                    (stratad-rafs only)
@@ -88,8 +91,8 @@ awk -v s="$SCALE" 'BEGIN { exit !(s ~ /^[0-9]*\.?[0-9]+$/ && s > 0 && s <= 4) }'
     || die_usage "SCALE=$SCALE: expected a number in (0, 4]"
 for s in $SYSTEMS; do
     case $s in
-        strata | stratad-rafs | fuse-overlayfs | kovl) ;;
-        *) die_usage "unknown system '$s' in SYSTEMS (strata stratad-rafs fuse-overlayfs kovl)" ;;
+        strata | strata-volatile | stratad-rafs | fuse-overlayfs | kovl | kovl-volatile) ;;
+        *) die_usage "unknown system '$s' in SYSTEMS (strata strata-volatile stratad-rafs fuse-overlayfs kovl kovl-volatile)" ;;
     esac
 done
 [ -n "$SYSTEMS" ] || die_usage "SYSTEMS is empty"
@@ -114,7 +117,7 @@ case " $SYSTEMS " in
         || die_usage "STRATA=$STRATA is not an executable (needed to build stratad-rafs' image)" ;;
 esac
 case " $SYSTEMS " in
-    *" kovl "*) grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
+    *" kovl "* | *" kovl-volatile "*) grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
         grep -qw overlay /proc/filesystems || die_usage "the kernel has no overlay filesystem" ;;
 esac
 case " $SYSTEMS " in
@@ -240,6 +243,15 @@ start_sys() {
             MOUNTED+=("$M")
             return 0
             ;;
+        kovl-volatile)
+            CMD[$s]="mount -t overlay overlay -o volatile,lowerdir=L,upperdir=U,workdir=W M"
+            if ! mount -t overlay overlay -o "volatile,lowerdir=$L,upperdir=$U,workdir=$W" "$M" 2>"$log"; then
+                START_ERR[$s]="mount -t overlay -o volatile failed: $(tr '\n' ' ' <"$log")"
+                return 1
+            fi
+            MOUNTED+=("$M")
+            return 0
+            ;;
         fuse-overlayfs)
             CMD[$s]="fuse-overlayfs -f -o lowerdir=L,upperdir=U,workdir=W M"
             fuse-overlayfs -f -o "lowerdir=$L,upperdir=$U,workdir=$W" "$M" >"$log" 2>&1 &
@@ -247,6 +259,11 @@ start_sys() {
         strata)
             CMD[$s]="stratad overlay --lowerdir=L --upperdir=U --workdir=W --mountpoint=M --log-file=F"
             "$STRATAD" overlay --lowerdir="$L" --upperdir="$U" --workdir="$W" --mountpoint="$M" \
+                --log-file="$LOGS/$s.$tag.daemon.log" >"$log" 2>&1 &
+            ;;
+        strata-volatile)
+            CMD[$s]="stratad overlay --volatile --lowerdir=L --upperdir=U --workdir=W --mountpoint=M --log-file=F"
+            "$STRATAD" overlay --volatile --lowerdir="$L" --upperdir="$U" --workdir="$W" --mountpoint="$M" \
                 --log-file="$LOGS/$s.$tag.daemon.log" >"$log" 2>&1 &
             ;;
         stratad-rafs)
@@ -310,6 +327,8 @@ run_py() { # the helper under an outer limit, in case a syscall of its own hangs
 DESC[kovl]="kernel overlayfs ($(uname -r), default options)"
 DESC[fuse-overlayfs]="fuse-overlayfs $(fuse-overlayfs --version 2>/dev/null | awk '/fuse-overlayfs/ { print $NF }' | head -1)"
 DESC[strata]="stratad overlay (plain-dir lower)"
+DESC[strata-volatile]="stratad overlay --volatile (plain-dir lower; copy-ups not fsynced)"
+DESC[kovl-volatile]="kernel overlayfs ($(uname -r), -o volatile)"
 DESC[stratad-rafs]="stratad overlay (RAFS lower: strata image create defaults)"
 
 run_round() { # the systems in this round's order
@@ -338,6 +357,10 @@ for s in "$@"; do
             || START_ERR[$s]="the workload helper exited with status $? (see stderr)"
         stop_sys "$s" run
         say "$s: remounting for the persistence check"
+        # The kernel refuses to mount a volatile upper again while its marker is there
+        # (Documentation/filesystems/overlayfs.rst, "Volatile mount"); after a clean umount
+        # the upper is whole, so the marker goes.
+        [ "$s" = kovl-volatile ] && rm -rf "$D/work/work/incompat/volatile"
         if start_sys "$s" remount; then
             run_py persist --system "$s" --mnt "$D/mnt" --lower "$CHECK_LOWER" --assets "$ASSETS" \
                 --wl "$WL" --out "$RES/$s.jsonl" --results "$RES/$s.jsonl" --pid "${CUR_PID:-0}" \
