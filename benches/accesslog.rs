@@ -16,6 +16,11 @@
 //!   writer's drain, first-touch filter, path/process records, encoding and `write`, which
 //!   runs on a core the daemon's requests would otherwise use. The log lives on /dev/shm when
 //!   there is one, so the flush's fsync is not what is measured.
+//! * `writer/<mode>/read-new-files`: the same for what `bench/accesslog_overhead.sh`'s
+//!   read_all sends a RAFS mount: one whole-file read per file, every file new, no lookup
+//!   naming it (the kernel learned it from readdirplus), so the writer asks the path resolver
+//!   (here a two-level tree of 100 directories, as the bench's image) and writes a path record
+//!   and an access record per file.
 //! * Before the criterion runs, `bytes/event` lines: log bytes per recorded event for a
 //!   workload of lookups and sequential 4 KiB reads over 200 files (full and first-touch).
 //!
@@ -28,8 +33,8 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use strata::accesslog::file::HEADER_LEN;
 use strata::accesslog::{
-    read_log, AccessLogConfig, AccessSink, Cache, Event, Mode, Op, ProcessInfo, ProcessResolver,
-    Record, RootOnly, SinkOptions,
+    read_log, AccessLogConfig, AccessSink, Cache, Event, Mode, Op, PathResolver, ProcessInfo,
+    ProcessResolver, Record, RootOnly, SinkOptions,
 };
 
 /// Events recorded between two (untimed) flushes.
@@ -44,6 +49,15 @@ impl ProcessResolver for OneProcess {
 }
 
 fn sink(dir: &tempfile::TempDir, mode: Mode, name: &str) -> AccessSink {
+    sink_with(dir, mode, name, Arc::new(RootOnly(1)))
+}
+
+fn sink_with(
+    dir: &tempfile::TempDir,
+    mode: Mode,
+    name: &str,
+    paths: Arc<dyn PathResolver>,
+) -> AccessSink {
     let cfg = AccessLogConfig {
         path: dir.path().join(name),
         mode,
@@ -51,10 +65,7 @@ fn sink(dir: &tempfile::TempDir, mode: Mode, name: &str) -> AccessSink {
         rotate_size: 0,
         ..Default::default()
     };
-    let opts = SinkOptions::new(cfg)
-        .max_threads(4)
-        .paths(Arc::new(RootOnly(1)))
-        .processes(Arc::new(OneProcess));
+    let opts = SinkOptions::new(cfg).max_threads(4).paths(paths).processes(Arc::new(OneProcess));
     AccessSink::start(opts).expect("start sink")
 }
 
@@ -182,7 +193,60 @@ fn bench_writer(c: &mut Criterion) {
         });
         assert_eq!(s.stats().dropped, 0, "the bench must not overflow the rings");
     }
+    for mode in [Mode::FirstTouch, Mode::Full] {
+        let tree = Arc::new(Tree((0..100).map(|d| format!("d{d:03}").into_bytes()).collect()));
+        let s = sink_with(&dir, mode, &format!("reads-{mode}.log"), tree);
+        let mut file = 0u64;
+        g.bench_function(format!("{mode}/read-new-files"), |b| {
+            b.iter_custom(|n| {
+                let t0 = Instant::now();
+                for _ in 0..n {
+                    // Every file new (inodes past the root and the 100 directories).
+                    file += 1;
+                    let ino = 1_000 + file;
+                    s.record(
+                        Event::new(Op::Read, ino, 4242, 0)
+                            .with_range(0, 8192)
+                            .with_chunks(0, 0)
+                            .with_cache(Cache::Hit),
+                    );
+                    if file % (BATCH / 8) == 0 {
+                        s.flush().expect("flush");
+                    }
+                }
+                s.flush().expect("flush");
+                t0.elapsed()
+            })
+        });
+        assert_eq!(s.stats().dropped, 0, "the bench must not overflow the rings");
+    }
     g.finish();
+}
+
+/// Paths of a two-level tree: the root (inode 1) is `/`, inodes 2..=101 its directories
+/// (names in the vector), and inode `i` > 101 the file `f<i>` of directory `2 + i % 100`.
+struct Tree(Vec<Vec<u8>>);
+
+impl PathResolver for Tree {
+    fn path(&self, _layer: u32, inode: u64) -> Option<Vec<u8>> {
+        use std::io::Write;
+        let dir = |i: u64| self.0.get(usize::try_from(i.checked_sub(2)?).ok()?);
+        let mut p = Vec::with_capacity(32);
+        match inode {
+            0 => return None,
+            1 => p.push(b'/'),
+            2..=101 => {
+                p.push(b'/');
+                p.extend_from_slice(dir(inode)?);
+            }
+            _ => {
+                p.push(b'/');
+                p.extend_from_slice(dir(2 + inode % 100)?);
+                write!(p, "/f{inode}").ok()?;
+            }
+        }
+        Some(p)
+    }
 }
 
 /// Log bytes per recorded event for a small, realistic workload.

@@ -388,8 +388,10 @@ pub struct Access {
     /// Requesting uid.
     pub uid: u32,
     /// Name under `inode`.
+    #[serde(serialize_with = "bytes::optional")]
     pub name: Option<Vec<u8>>,
     /// rename's new name.
+    #[serde(serialize_with = "bytes::optional")]
     pub name2: Option<Vec<u8>>,
 }
 
@@ -426,7 +428,43 @@ pub struct PathRecord {
     /// Inode.
     pub inode: u64,
     /// Absolute path inside the mount (`/` for the root), raw bytes.
+    #[serde(serialize_with = "bytes::whole")]
     pub path: Vec<u8>,
+}
+
+/// A [`PathRecord`] to encode from a borrowed path (the writer's own copy).
+#[derive(Serialize)]
+pub(crate) struct PathRef<'a> {
+    pub layer: u32,
+    pub inode: u64,
+    #[serde(serialize_with = "bytes::whole")]
+    pub path: &'a [u8],
+}
+
+/// Byte strings go to the serializer whole (`serialize_bytes`). In bincode that is the same
+/// encoding serde gives a `Vec<u8>` by default (a length, then the bytes, which is how they
+/// are read back), without a serializer call per byte.
+mod bytes {
+    use serde::{Serialize, Serializer};
+
+    pub fn whole<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub fn optional<S: Serializer>(b: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match b {
+            Some(v) => s.serialize_some(&Whole(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    struct Whole<'a>(&'a [u8]);
+
+    impl Serialize for Whole<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
 }
 
 /// The process behind a requesting thread id.

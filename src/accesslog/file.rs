@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::config::Mode;
-use super::event::{tag, Access, DropRecord, PathRecord, ProcessRecord, Record};
+use super::event::{tag, Access, DropRecord, PathRecord, PathRef, ProcessRecord, Record};
 use super::Error;
 
 /// File magic. Format constant.
@@ -132,21 +132,27 @@ fn codec(limit: u64) -> impl Options {
         .allow_trailing_bytes()
 }
 
-fn encode_body<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), Error> {
-    codec(MAX_RECORD_LEN as u64).serialize_into(out, v).map_err(|e| Error::Encode(e.to_string()))
-}
-
 /// Append `rec` to `out` as one frame.
 pub fn encode_record(rec: &Record, out: &mut Vec<u8>) -> Result<(), Error> {
+    match rec {
+        Record::Access(a) => encode_frame(rec.tag(), a, out),
+        Record::Path(p) => encode_frame(rec.tag(), p, out),
+        Record::Process(p) => encode_frame(rec.tag(), p, out),
+        Record::Dropped(d) => encode_frame(rec.tag(), d, out),
+    }
+}
+
+/// Append a frame of record kind `tag` with body `body` to `out`. Encoded without bincode's
+/// size limit (which serializes everything twice, once to count); the length is checked after.
+fn encode_frame<T: Serialize>(tag: u8, body: &T, out: &mut Vec<u8>) -> Result<(), Error> {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEAD]);
-    out.push(rec.tag());
-    let r = match rec {
-        Record::Access(a) => encode_body(a, out),
-        Record::Path(p) => encode_body(p, out),
-        Record::Process(p) => encode_body(p, out),
-        Record::Dropped(d) => encode_body(d, out),
-    };
+    out.push(tag);
+    let r = bincode::DefaultOptions::new()
+        .with_varint_encoding()
+        .with_little_endian()
+        .serialize_into(&mut *out, body)
+        .map_err(|e| Error::Encode(e.to_string()));
     let len = out.len() - start - FRAME_HEAD;
     if let Err(e) = r {
         out.truncate(start);
@@ -386,6 +392,11 @@ impl LogWriter {
         encode_record(rec, &mut self.buf)
     }
 
+    /// Append a path record (a [`Record::Path`]) from a borrowed path.
+    pub(crate) fn push_path(&mut self, layer: u32, inode: u64, path: &[u8]) -> Result<(), Error> {
+        encode_frame(tag::PATH, &PathRef { layer, inode, path }, &mut self.buf)
+    }
+
     /// Write the pending buffer. On failure (a full disk) the file is cut back to its last
     /// whole record, the pending bytes are discarded and the error returned: the file stays
     /// readable and later writes may succeed. Returns the bytes written.
@@ -540,6 +551,50 @@ mod tests {
         assert_eq!(log.records, recs);
         assert_eq!(log.torn_tail, None);
         assert_eq!(log.unknown_records, 0);
+    }
+
+    #[test]
+    fn byte_strings_encode_as_earlier_builds_wrote_them() {
+        // Earlier builds let serde write `Vec<u8>` fields as a sequence of u8; the writer now
+        // hands them over whole. The bytes on disk must not differ.
+        #[derive(Serialize)]
+        struct OldPath {
+            layer: u32,
+            inode: u64,
+            path: Vec<u8>,
+        }
+        #[derive(Serialize)]
+        struct OldNames {
+            name: Option<Vec<u8>>,
+            name2: Option<Vec<u8>>,
+        }
+        let body = |rec: &Record| {
+            let mut out = Vec::new();
+            encode_record(rec, &mut out).unwrap();
+            out[FRAME_HEAD + 1..].to_vec()
+        };
+        fn old<T: Serialize>(v: &T) -> Vec<u8> {
+            let o = bincode::DefaultOptions::new().with_varint_encoding().with_little_endian();
+            o.serialize(v).unwrap()
+        }
+        let long: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
+        for path in [b"/".to_vec(), b"/etc/hosts".to_vec(), long.clone(), Vec::new()] {
+            let want = old(&OldPath { layer: 3, inode: 1 << 40, path: path.clone() });
+            let rec = Record::Path(PathRecord { layer: 3, inode: 1 << 40, path: path.clone() });
+            assert_eq!(body(&rec), want, "path record of {} bytes", path.len());
+            let mut w = Vec::new();
+            encode_frame(tag::PATH, &PathRef { layer: 3, inode: 1 << 40, path: &path }, &mut w)
+                .unwrap();
+            assert_eq!(w[FRAME_HEAD + 1..], want[..], "borrowed path of {} bytes", path.len());
+        }
+        let ev = Event::new(Op::Rename, 5, 10, 0).with_name(b"old").with_name2(&long);
+        let a = Access::from_event(&ev, 1);
+        let got = body(&Record::Access(a.clone()));
+        let tail = old(&OldNames { name: a.name.clone(), name2: a.name2.clone() });
+        assert!(got.ends_with(&tail), "access names encode as before");
+        let none = Access::from_event(&Event::new(Op::Read, 5, 10, 0), 1);
+        let tail = old(&OldNames { name: None, name2: None });
+        assert!(body(&Record::Access(none)).ends_with(&tail));
     }
 
     #[test]

@@ -16,6 +16,10 @@ use std::fs;
 pub trait PathResolver: Send + Sync {
     /// The path of `inode` in `layer`.
     fn path(&self, layer: u32, inode: u64) -> Option<Vec<u8>>;
+
+    /// Get ready to answer (build tables, say): the writer calls this once when it starts,
+    /// before the first event, so that work is not done in the middle of the first requests.
+    fn prepare(&self) {}
 }
 
 impl<F> PathResolver for F

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::config::Mode;
-use super::event::{Access, DropRecord, Op, PathRecord, ProcessRecord, Record};
+use super::event::{Access, DropRecord, Op, ProcessRecord, Record};
 use super::file::LogWriter;
 use super::hash::{IntMap, IntSet};
 use super::query::{resolve, Resolved};
@@ -70,6 +70,13 @@ impl Recent {
     }
 }
 
+/// A path the writer knows.
+struct Known {
+    path: Arc<[u8]>,
+    /// The current log file has it (a path record was written since the file began).
+    emitted: bool,
+}
+
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     log: LogWriter,
@@ -78,10 +85,11 @@ pub(crate) struct Writer {
     mode: Mode,
     last_error: Arc<Mutex<Option<String>>>,
     batch: Vec<Access>,
-    /// Paths learned from lookups or given by the resolver.
-    known: IntMap<Key, Arc<[u8]>>,
-    /// Inodes whose path the current file has (or that could not be resolved for it).
-    emitted_paths: IntSet<Key>,
+    /// Paths learned from lookups or given by the resolver, and whether the current file has
+    /// each (one map: a new file's inode costs one lookup here, not three).
+    known: IntMap<Key, Known>,
+    /// Inodes the resolver could not name for the current file (asked once per file).
+    unnamed: IntSet<Key>,
     proc_cache: IntMap<u32, (Arc<ProcessInfo>, Instant)>,
     /// Processes the recording threads looked up, taken from the sink each round.
     early_procs: IntMap<u32, ProcessInfo>,
@@ -115,7 +123,7 @@ impl Writer {
             last_error,
             batch: Vec::new(),
             known: IntMap::default(),
-            emitted_paths: IntSet::default(),
+            unnamed: IntSet::default(),
             proc_cache: IntMap::default(),
             early_procs: IntMap::default(),
             emitted_procs: IntMap::default(),
@@ -128,6 +136,9 @@ impl Writer {
     }
 
     pub(crate) fn run(mut self, rx: Receiver<Cmd>, interval: Duration) {
+        if let Some(p) = &self.paths {
+            p.prepare();
+        }
         let mut next = Instant::now() + interval;
         loop {
             match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
@@ -208,8 +219,7 @@ impl Writer {
                 self.fail(&e);
                 self.shared.lost(events);
                 self.reported_drops = drops_before;
-                self.emitted_paths.clear();
-                self.emitted_procs.clear();
+                self.new_file();
                 Err(e)
             }
         };
@@ -223,8 +233,7 @@ impl Writer {
             match self.log.rotate() {
                 Ok(()) => {
                     self.shared.counters.rotations.fetch_add(1, Ordering::Relaxed);
-                    self.emitted_paths.clear();
-                    self.emitted_procs.clear();
+                    self.new_file();
                 }
                 Err(e) => {
                     self.fail(&e);
@@ -242,9 +251,11 @@ impl Writer {
         &self,
         a: &Access,
     ) -> (Option<Arc<[u8]>>, Option<Arc<[u8]>>, Option<Arc<ProcessInfo>>) {
-        let dir = self.known.get(&(a.layer, a.inode)).cloned();
+        let dir = self.known.get(&(a.layer, a.inode)).map(|k| k.path.clone());
         let dir2 = match a.op() {
-            Some(Op::Rename | Op::Link) => self.known.get(&(a.layer, a.aux)).cloned(),
+            Some(Op::Rename | Op::Link) => {
+                self.known.get(&(a.layer, a.aux)).map(|k| k.path.clone())
+            }
             _ => None,
         };
         let proc = self.proc_cache.get(&a.pid).map(|(p, _)| p.clone());
@@ -354,7 +365,7 @@ impl Writer {
                     .known
                     .iter()
                     .filter_map(|(k, p)| {
-                        under(p, &from).map(|rest| {
+                        under(&p.path, &from).map(|rest| {
                             let mut np = to.clone();
                             np.extend_from_slice(rest);
                             (*k, Arc::from(np))
@@ -371,12 +382,11 @@ impl Writer {
                 let keys: Vec<Key> = self
                     .known
                     .iter()
-                    .filter(|(_, p)| under(p, &gone).is_some())
+                    .filter(|(_, p)| under(&p.path, &gone).is_some())
                     .map(|(k, _)| *k)
                     .collect();
                 for k in keys {
                     self.known.remove(&k);
-                    self.emitted_paths.remove(&k);
                 }
             }
             _ => {}
@@ -384,13 +394,24 @@ impl Writer {
     }
 
     fn learn(&mut self, k: Key, p: Arc<[u8]>) {
-        if self.known.get(&k) == Some(&p) {
+        if self.known.get(&k).is_some_and(|x| x.path == p) {
             return;
         }
         self.bound_known();
-        self.known.insert(k, p);
         // The file has an older path (or none) for it: write the new one before its next use.
-        self.emitted_paths.remove(&k);
+        self.known.insert(k, Known { path: p, emitted: false });
+        if !self.unnamed.is_empty() {
+            self.unnamed.remove(&k);
+        }
+    }
+
+    /// The log file is new (rotated) or was cut back: it has no path or process record yet.
+    fn new_file(&mut self) {
+        for k in self.known.values_mut() {
+            k.emitted = false;
+        }
+        self.unnamed.clear();
+        self.emitted_procs.clear();
     }
 
     /// Forget every learned path when [`KNOWN_CAP`] are held; the file then gets each path
@@ -398,35 +419,67 @@ impl Writer {
     fn bound_known(&mut self) {
         if self.known.len() >= KNOWN_CAP {
             self.known.clear();
-            self.emitted_paths.clear();
+            self.unnamed.clear();
         }
     }
 
     /// The path of `k`, learned or from the resolver.
     fn path_of(&mut self, k: Key) -> Option<Arc<[u8]>> {
         if let Some(p) = self.known.get(&k) {
-            return Some(p.clone());
+            return Some(p.path.clone());
         }
         let p: Arc<[u8]> = self.paths.as_ref()?.path(k.0, k.1)?.into();
         self.bound_known();
-        self.known.insert(k, p.clone());
+        self.known.insert(k, Known { path: p.clone(), emitted: false });
         Some(p)
     }
 
+    /// Write `k`'s path record unless the file has it; returns the records written.
     fn ensure_path(&mut self, k: Key) -> u64 {
-        if !self.emitted_paths.insert(k) {
-            return 0;
-        }
-        match self.path_of(k) {
-            Some(path) => {
-                let path = path.to_vec();
-                self.push(&Record::Path(PathRecord { layer: k.0, inode: k.1, path }))
+        let path = match self.known.get_mut(&k) {
+            Some(x) if x.emitted => return 0,
+            Some(x) => {
+                x.emitted = true;
+                x.path.clone()
             }
-            None => 0,
+            None => {
+                let resolved = match &self.paths {
+                    Some(r) if !self.unnamed.contains(&k) => r.path(k.0, k.1),
+                    _ => None,
+                };
+                let Some(p) = resolved else {
+                    if self.unnamed.len() >= KNOWN_CAP {
+                        self.unnamed.clear();
+                    }
+                    self.unnamed.insert(k);
+                    return 0;
+                };
+                let p: Arc<[u8]> = p.into();
+                self.bound_known();
+                self.known.insert(k, Known { path: p.clone(), emitted: true });
+                p
+            }
+        };
+        match self.log.push_path(k.0, k.1, &path) {
+            Ok(()) => 1,
+            Err(e) => {
+                self.fail(&e);
+                0
+            }
         }
     }
 
     fn process(&mut self, pid: u32) -> u64 {
+        // Most events come from a process the file already has, looked up lately.
+        if !self.early_procs.contains_key(&pid) {
+            if let (Some((info, at)), Some(emitted)) =
+                (self.proc_cache.get(&pid), self.emitted_procs.get(&pid))
+            {
+                if Arc::ptr_eq(info, emitted) && self.now.duration_since(*at) < PROC_TTL {
+                    return 0;
+                }
+            }
+        }
         // A recording thread may have looked the process up while it ran: that wins.
         let early = self.early_procs.remove(&pid);
         let now = self.now;
