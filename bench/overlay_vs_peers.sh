@@ -26,8 +26,10 @@
 #                    copy of the image (the blob dir is also stratad's blobcache, so it starts
 #                    cold); its checks compare against the plain source tree.
 #                    Also `strata-volatile` and `kovl-volatile`: the same mounted with
-#                    `volatile` (no fsync of copied-up files), the durability fuse-overlayfs
-#                    has (it never fsyncs a copy-up), for a like-for-like comparison.
+#                    `volatile`. stratad's skips only the fsync of copied-up files, the
+#                    durability fuse-overlayfs has (it never fsyncs a copy-up), for a
+#                    like-for-like copy-up comparison; the kernel's also ignores users'
+#                    fsync and syncfs (see md_fsync), so it is faster than that.
 #   STRATAD=target/release/stratad (of this repo)   the stratad binary
 #   STRATA=$(dirname $STRATAD)/strata if that exists, else target/release/strata
 #                    (stratad-rafs only)
@@ -109,7 +111,7 @@ case " $SYSTEMS " in
         || die_usage "fuse-overlayfs is not installed (apt-get install -y fuse-overlayfs)" ;;
 esac
 case " $SYSTEMS " in
-    *" strata "* | *" stratad-rafs "*) [ -x "$STRATAD" ] \
+    *" strata "* | *" strata-volatile "* | *" stratad-rafs "*) [ -x "$STRATAD" ] \
         || die_usage "STRATAD=$STRATAD is not an executable (build it or set STRATAD)" ;;
 esac
 case " $SYSTEMS " in
@@ -345,7 +347,7 @@ for s in "$@"; do
     fi
     sync
     case $s in
-        strata | stratad-rafs)
+        strata | strata-volatile | stratad-rafs)
             V=$(timeout 5 "$STRATAD" --version 2>/dev/null | head -1 || true)
             [ -n "$V" ] && DESC[$s]="${DESC[$s]/stratad overlay/$V overlay}"
             ;;
@@ -421,7 +423,7 @@ systems, skipped = {}, {}
 for line in open(systems_tsv):
     name, desc, cmd, exits, err, skip = (line.rstrip("\n").split("\t") + [""] * 6)[:6]
     info = {"desc": desc, "cmd": cmd, "daemon_exit_status": exits.split()}
-    if name in ("strata", "stratad-rafs"):
+    if name in ("strata", "strata-volatile", "stratad-rafs"):
         info["binary"] = E["B_STRATAD"]
         try:
             st = os.stat(E["B_STRATAD"])

@@ -431,6 +431,9 @@ impl Writer {
         let p: Arc<[u8]> = self.paths.as_ref()?.path(k.0, k.1)?.into();
         self.bound_known();
         self.known.insert(k, Known { path: p.clone(), emitted: false });
+        if !self.unnamed.is_empty() {
+            self.unnamed.remove(&k);
+        }
         Some(p)
     }
 
@@ -490,9 +493,10 @@ impl Writer {
                 self.proc_cache.clear();
             }
             let info = early.unwrap_or_else(|| self.procs.process(pid));
-            // A thread that has exited keeps the name it had when last seen.
+            // A thread that has exited keeps the name it had when last seen; an unchanged
+            // process keeps its entry (the fast path above compares entries by identity).
             let info = match self.proc_cache.get(&pid) {
-                Some((old, _)) if info.name.is_empty() => old.clone(),
+                Some((old, _)) if info.name.is_empty() || **old == info => old.clone(),
                 _ => Arc::new(info),
             };
             self.proc_cache.insert(pid, (info, now));

@@ -1,8 +1,9 @@
 //! Paths of an image's inodes, for the access log (an inode the log never saw named by a
 //! lookup, e.g. one the kernel learned from readdirplus) and the image's prefetch table.
 //!
-//! Built on the first question (the access log's writer asks when it starts, before the
-//! container's first requests) by reading the image's directories only: each entry is kept
+//! Built on the first question (the access log's writer asks first thing when its thread
+//! starts, so usually before a container's first requests) by reading the image's
+//! directories only: each entry is kept
 //! as (parent, name) in one table with the names back to back in one buffer, and a path is
 //! put together when asked for. Files' inodes are never decoded, so the table costs a pass
 //! over the directory blocks, not a walk of the whole image.
