@@ -236,19 +236,12 @@ start_sys() {
     local L=$D/lower U=$D/upper W=$D/work M=$D/mnt
     CUR_PID=
     case $s in
-        kovl)
-            CMD[$s]="mount -t overlay overlay -o lowerdir=L,upperdir=U,workdir=W M"
-            if ! mount -t overlay overlay -o "lowerdir=$L,upperdir=$U,workdir=$W" "$M" 2>"$log"; then
-                START_ERR[$s]="mount -t overlay failed: $(tr '\n' ' ' <"$log")"
-                return 1
-            fi
-            MOUNTED+=("$M")
-            return 0
-            ;;
-        kovl-volatile)
-            CMD[$s]="mount -t overlay overlay -o volatile,lowerdir=L,upperdir=U,workdir=W M"
-            if ! mount -t overlay overlay -o "volatile,lowerdir=$L,upperdir=$U,workdir=$W" "$M" 2>"$log"; then
-                START_ERR[$s]="mount -t overlay -o volatile failed: $(tr '\n' ' ' <"$log")"
+        kovl | kovl-volatile)
+            local extra=
+            [ "$s" = kovl-volatile ] && extra=volatile,
+            CMD[$s]="mount -t overlay overlay -o ${extra}lowerdir=L,upperdir=U,workdir=W M"
+            if ! mount -t overlay overlay -o "${extra}lowerdir=$L,upperdir=$U,workdir=$W" "$M" 2>"$log"; then
+                START_ERR[$s]="mount -t overlay${extra:+ -o volatile} failed: $(tr '\n' ' ' <"$log")"
                 return 1
             fi
             MOUNTED+=("$M")
