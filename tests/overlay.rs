@@ -1051,8 +1051,14 @@ fn an_o_trunc_open_does_not_cut_a_running_program() {
 #[test]
 fn only_copy_ups_that_copy_data_wait_for_an_fsync() {
     let test = "only_copy_ups_that_copy_data_wait_for_an_fsync";
-    if !require_root(test, "FUSE mounts") {
+    if !require_root(test, "FUSE mounts, user switching")
+        || !require_tool(test, "su")
+        || !require_tool(test, "python3")
+    {
         return;
+    }
+    if Command::new("id").arg("tests").output().map_or(true, |o| !o.status.success()) {
+        panic!("{test}: user `tests` is missing (scripts/install-deps.sh creates it)");
     }
     use std::io::Write;
     for volatile in [false, true] {
@@ -1061,6 +1067,11 @@ fn only_copy_ups_that_copy_data_wait_for_an_fsync() {
         for (name, data) in [("data", &b"123456"[..]), ("empty", b""), ("trunc", b"12345")] {
             std::fs::write(d.lower.join(name), data).unwrap();
         }
+        // Truncated to 0 by a user who is not its owner's group: the kernel asks in one SETATTR
+        // for size 0 and the mode without its set-ID bits; with a mode change in the request
+        // the data is copied (if the mode change failed, the file must not be emptied).
+        std::fs::write(d.lower.join("setid"), b"1234567").unwrap();
+        sh(&format!("chmod 6666 {}", d.lower.join("setid").display()));
         let sock = d.work.parent().unwrap().join("api.sock");
         let mut args = vec!["--apisock".to_string(), sock.display().to_string()];
         if volatile {
@@ -1087,6 +1098,16 @@ fn only_copy_ups_that_copy_data_wait_for_an_fsync() {
         sh(&format!("chmod 600 {}", d.mnt.join("data").display()));
         let want_syncs = if volatile { 0 } else { 1 };
         assert_eq!(counts(), (4, 6, want_syncs), "volatile {volatile}: (objects, bytes, fsyncs)");
+        let setid = d.mnt.join("setid");
+        // truncate(2) by path: no open (which would copy the data up by itself).
+        sh(&format!(
+            "su tests -s /bin/sh -c \"python3 -c 'import os; os.truncate(\\\"{}\\\", 0)'\"",
+            setid.display()
+        ));
+        let want_syncs = if volatile { 0 } else { 2 };
+        assert_eq!(counts(), (5, 13, want_syncs), "volatile {volatile}: after the truncate");
+        let st = std::fs::metadata(d.upper.join("setid")).unwrap();
+        assert_eq!((st.len(), st.mode() & 0o7777), (0, 0o666), "upper setid (size, mode)");
         for (name, want) in [("dir/new", &b"n"[..]), ("empty", b"e"), ("trunc", b"t")] {
             assert_eq!(std::fs::read(d.upper.join(name)).unwrap(), want, "upper {name}");
         }

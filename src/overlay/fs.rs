@@ -883,7 +883,11 @@ impl FileSystem for OverlayFs {
         handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
-        let truncating = valid.contains(SetattrValid::SIZE) && attr.st_size == 0;
+        // A truncation to 0 needs no copy of the data, unless owner or mode change in the same
+        // request: if those then failed, the call would fail with the file already emptied.
+        let truncating = valid.contains(SetattrValid::SIZE)
+            && attr.st_size == 0
+            && !valid.intersects(SetattrValid::UID | SetattrValid::GID | SetattrValid::MODE);
         if valid.contains(SetattrValid::SIZE) {
             self.check_change(inode)?;
         }
