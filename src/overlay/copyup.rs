@@ -117,7 +117,7 @@ impl OverlayFs {
             )
             .map(|()| absent)
         });
-        let (absent, synced) = match placed {
+        let absent = match placed {
             Ok(n) => n,
             Err(e) => {
                 let _ = upper::remove_tree(work, &tmp);
@@ -135,14 +135,14 @@ impl OverlayFs {
         self.table.lock().copied_up(v.id, h, ust.st_ino, (!keep_ino).then_some(ust.st_ino), absent);
         self.copy_up_stats.objects.fetch_add(1, Relaxed);
         self.copy_up_stats.bytes.fetch_add(bytes, Relaxed);
-        self.copy_up_stats.syncs.fetch_add(u64::from(synced), Relaxed);
+        // build_copy fsynced exactly these.
+        self.copy_up_stats.syncs.fetch_add(u64::from(bytes > 0 && self.sync_copyup), Relaxed);
         self.view(v.id)
     }
 
     /// Build the copy of lower object `lid` as `tmp` in the staging directory, with the file's
     /// data when `data` (then fsynced, unless the mount is volatile); says whether it has no
-    /// file capability and no default ACL (none among the xattrs copied), and whether it was
-    /// fsynced.
+    /// file capability and no default ACL (none among the xattrs copied).
     fn build_copy(
         &self,
         layer: &dyn Layer,
@@ -151,7 +151,7 @@ impl OverlayFs {
         ino: Option<u64>,
         tmp: &[u8],
         data: bool,
-    ) -> io::Result<((bool, bool), bool)> {
+    ) -> io::Result<(bool, bool)> {
         let work = self.upper.work_fd();
         let name = std::ffi::OsStr::from_bytes(tmp);
         let kind = st.st_mode & libc::S_IFMT;
@@ -229,14 +229,10 @@ impl OverlayFs {
             name,
             [ts(st.st_atime, st.st_atime_nsec), ts(st.st_mtime, st.st_mtime_nsec)],
         )?;
-        let synced = match file.filter(|_| data && self.sync_copyup) {
-            Some(f) => {
-                f.sync_all()?;
-                true
-            }
-            None => false,
-        };
-        Ok(((no_caps, no_default_acl), synced))
+        if let Some(f) = file.filter(|_| data && self.sync_copyup) {
+            f.sync_all()?;
+        }
+        Ok((no_caps, no_default_acl))
     }
 }
 
