@@ -428,9 +428,14 @@ impl Writer {
         if let Some(p) = self.known.get(&k) {
             return Some(p.path.clone());
         }
+        self.resolve(k, false)
+    }
+
+    /// Ask the resolver for `k`'s path and remember it (`emitted`: the file gets it now).
+    fn resolve(&mut self, k: Key, emitted: bool) -> Option<Arc<[u8]>> {
         let p: Arc<[u8]> = self.paths.as_ref()?.path(k.0, k.1)?.into();
         self.bound_known();
-        self.known.insert(k, Known { path: p.clone(), emitted: false });
+        self.known.insert(k, Known { path: p.clone(), emitted });
         if !self.unnamed.is_empty() {
             self.unnamed.remove(&k);
         }
@@ -445,23 +450,17 @@ impl Writer {
                 x.emitted = true;
                 x.path.clone()
             }
-            None => {
-                let resolved = match &self.paths {
-                    Some(r) if !self.unnamed.contains(&k) => r.path(k.0, k.1),
-                    _ => None,
-                };
-                let Some(p) = resolved else {
+            None if self.unnamed.contains(&k) => return 0,
+            None => match self.resolve(k, true) {
+                Some(p) => p,
+                None => {
                     if self.unnamed.len() >= KNOWN_CAP {
                         self.unnamed.clear();
                     }
                     self.unnamed.insert(k);
                     return 0;
-                };
-                let p: Arc<[u8]> = p.into();
-                self.bound_known();
-                self.known.insert(k, Known { path: p.clone(), emitted: true });
-                p
-            }
+                }
+            },
         };
         match self.log.push_path(k.0, k.1, &path) {
             Ok(()) => 1,
