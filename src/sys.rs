@@ -193,6 +193,51 @@ pub fn interrupt_on(sig: libc::c_int) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The calling thread's id (what `/proc/self/task/` lists and the scheduling calls take).
+pub fn gettid() -> i32 {
+    // SAFETY: gettid cannot fail and takes no arguments.
+    unsafe { libc::gettid() }
+}
+
+/// Put thread `tid` of this process under `SCHED_IDLE` (`idle`) or back under `SCHED_OTHER`.
+/// An idle thread runs only when no other thread wants its CPU, and any other thread waking
+/// preempts it. Going idle needs no privilege; coming back needs `CAP_SYS_NICE` or an
+/// `RLIMIT_NICE` that allows the thread's nice value. The nice value is kept either way.
+pub fn set_sched_idle(tid: i32, idle: bool) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
+    // SAFETY: `param` is a valid sched_param (priority 0, as both policies require).
+    let r = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Thread `tid`'s nice value.
+pub fn thread_nice(tid: i32) -> std::io::Result<i32> {
+    // SAFETY: errno is thread-local; getpriority has no memory arguments. It can return -1
+    // as a value, so errno is cleared first and checked after.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        if n == -1 && *libc::__errno_location() != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n)
+    }
+}
+
+/// Set thread `tid`'s nice value (Linux keeps one per thread).
+pub fn set_thread_nice(tid: i32, nice: i32) -> std::io::Result<()> {
+    // SAFETY: setpriority has no memory arguments.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Set the process umask (the overlay creates files with exactly the modes the kernel passed).
 pub fn set_umask(mask: u32) -> u32 {
     // SAFETY: umask cannot fail.

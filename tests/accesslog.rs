@@ -3,15 +3,17 @@
 //! the last whole record; bad headers give clear errors; a tiny memory bound drops and counts
 //! without blocking; rotation keeps a session readable in order.
 
+mod common;
+
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use strata::accesslog::file::{encode_record, rotated_path, HEADER_LEN};
 use strata::accesslog::{
     parse_log, read_log, replay_path, AccessLogConfig, AccessSink, Cache, Error, Event, Filter,
-    Mode, Op, ProcessInfo, ProcessResolver, Record, RootOnly, SinkOptions,
+    Mode, Op, PathResolver, ProcessInfo, ProcessResolver, Record, RootOnly, SinkOptions,
 };
 
 /// Fixed pid → process names, so tests do not depend on /proc.
@@ -322,6 +324,117 @@ fn tiny_memory_bound_drops_and_counts_without_blocking() {
     let r = replay_path(&path, false).unwrap();
     assert_eq!(r.dropped, written.dropped);
     assert_eq!(r.events.len() as u64, written.recorded);
+}
+
+/// A path resolver that notes which thread calls it and holds the first `path` call until
+/// the test opens the gate: a writer stuck in a round, as a starved one would be.
+#[derive(Default)]
+struct Gate {
+    /// (writer's thread id, a path call is waiting, the gate is open)
+    state: Mutex<(Option<u32>, bool, bool)>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn wait_for(&self, what: impl Fn(&(Option<u32>, bool, bool)) -> bool) {
+        let g = self.state.lock().unwrap();
+        let (_g, t) = self.cv.wait_timeout_while(g, Duration::from_secs(10), |s| !what(s)).unwrap();
+        assert!(!t.timed_out(), "the writer never got there");
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().2 = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Opens the gate when dropped, so a failing test does not leave the writer (and the sink's
+/// drop, which joins it) waiting for ever. Declared after the sink: dropped before it.
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+impl PathResolver for Gate {
+    fn path(&self, _layer: u32, inode: u64) -> Option<Vec<u8>> {
+        let mut g = self.state.lock().unwrap();
+        g.1 = true;
+        self.cv.notify_all();
+        while !g.2 {
+            g = self.cv.wait(g).unwrap();
+        }
+        Some(format!("/f{inode}").into_bytes())
+    }
+
+    fn prepare(&self) {
+        let me = std::fs::read_link("/proc/thread-self").unwrap();
+        let tid = me.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        self.state.lock().unwrap().0 = Some(tid);
+        self.cv.notify_all();
+    }
+}
+
+/// Thread `tid`'s scheduling policy as the kernel reports it (0 SCHED_OTHER, 5 SCHED_IDLE).
+fn policy(tid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    // Fields after the parenthesised name start at field 3; the policy is field 41.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_writer_yields_the_cpu_until_a_ring_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir, Mode::Full);
+    cfg.max_memory = 16 << 10; // two slots of 1,024 words; a read event is 8 words
+    cfg.flush_interval_ms = 10_000;
+    let path = cfg.path.clone();
+    let gate = Arc::new(Gate::default());
+    let opts = SinkOptions::new(cfg).max_threads(2).paths(gate.clone()).processes(Arc::new(Names));
+    let sink = AccessSink::start(opts).unwrap();
+    let _open = OpenOnDrop(gate.clone());
+    gate.wait_for(|s| s.0.is_some());
+    let tid = gate.state.lock().unwrap().0.unwrap();
+    if !common::require_root(
+        "the_writer_yields_the_cpu_until_a_ring_fills",
+        "an unprivileged writer cannot come back from SCHED_IDLE, so it stays at normal priority",
+    ) {
+        assert!(sink.writer_priority().starts_with("normal: "), "{}", sink.writer_priority());
+        assert_eq!(policy(tid), 0);
+        return;
+    }
+    assert_eq!((sink.writer_priority().as_str(), policy(tid)), ("idle", 5));
+
+    // A first event wakes the writer (a new pid), which then waits in the resolver.
+    let read = |i: u64| Event::new(Op::Read, 7, 100, 0).with_range(i * 4096, 4096);
+    sink.record(read(0));
+    gate.wait_for(|s| s.1);
+    // Past half the ring the writer is woken again; past three quarters, raised: at the first
+    // event beyond 768 of the ring's 1,024 words (8 words each; event 0 was drained).
+    let mut raised_at = None;
+    for i in 1..=120 {
+        sink.record(read(i));
+        if raised_at.is_none() && sink.stats().writer_boosts > 0 {
+            raised_at = Some(i);
+            assert_eq!((sink.writer_priority().as_str(), policy(tid)), ("raised", 0));
+        }
+    }
+    assert_eq!(raised_at, Some(97), "{:?}", sink.stats());
+    assert_eq!(sink.stats().writer_boosts, 1, "raised once, not once per event");
+
+    // Let the writer go: once a round finds the rings nearly empty it is idle again.
+    gate.open();
+    sink.flush().unwrap();
+    assert_eq!((sink.writer_priority().as_str(), policy(tid)), ("idle", 5));
+    let st = sink.stats();
+    assert_eq!((st.recorded, st.dropped, st.writer_boosts), (121, 0, 1));
+    drop(sink);
+    let r = replay_path(&path, false).unwrap();
+    assert_eq!(r.events.len(), 121);
+    assert!(r.events.iter().all(|e| e.path.as_deref() == Some("/f7")), "{:?}", r.events[0]);
 }
 
 #[test]

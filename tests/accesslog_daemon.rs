@@ -245,6 +245,9 @@ fn a_tiny_memory_bound_and_a_full_log_disk_drop_and_count_but_never_block() {
     assert_eq!(status, 200, "{v}");
     let dropped = v["stats"]["dropped"].as_u64().unwrap();
     assert!(dropped > 0, "a 2 KiB bound under 600+ events drops: {v}");
+    // The API's flush raised the writer and, the rings then empty, it went back to idle.
+    assert_eq!(v["writer_priority"], "idle", "{v}");
+    assert!(v["stats"]["writer_boosts"].is_u64(), "{v}");
     assert!(v["events"].as_array().unwrap().len() <= 5);
     assert!(d.stop().success());
     let out = strata(&["accesslog", "stats", s(&log)]);

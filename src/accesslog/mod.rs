@@ -1,9 +1,11 @@
 //! The access log: records every file access cheaply, keeps it on disk, and answers questions
-//! with it. Depends on nothing else in the crate; the FUSE filesystems call [`AccessSink`].
+//! with it. Depends on nothing else in the crate but `sys` (system calls); the FUSE
+//! filesystems call [`AccessSink`].
 //!
 //! - [`event`] what one access is: the hot-path [`Event`] and the stored [`Record`]s.
 //! - [`sink`] the recorder: per-thread lock-free rings, a memory bound, drop counting.
 //! - [`writer`] the background thread: drain, first-touch dedupe, path/process records, write.
+//! - `priority` the writer's scheduling: `SCHED_IDLE`, raised when a ring fills.
 //! - [`resolve`] where paths ([`PathResolver`], implemented by the FUSE side) and process
 //!   names ([`ProcessResolver`], /proc) come from.
 //! - [`file`] the on-disk format: header, framed records, torn-tail-tolerant reader, rotation.
@@ -33,6 +35,7 @@ pub mod config;
 pub mod event;
 pub mod file;
 pub(crate) mod hash;
+pub(crate) mod priority;
 pub mod query;
 pub mod report;
 pub mod resolve;

@@ -29,6 +29,7 @@ use serde::Serialize;
 use super::config::{AccessLogConfig, Mode};
 use super::event::{Access, Cache, ChunkSpan, Event, Op, Range};
 use super::file::{LogHeader, LogWriter};
+use super::priority::WriterPriority;
 use super::query::{Filter, Resolved};
 use super::resolve::{PathResolver, ProcFs, ProcessInfo, ProcessResolver};
 use super::writer::{Cmd, Recent, Writer};
@@ -68,6 +69,9 @@ pub struct SinkStats {
     pub write_errors: u64,
     /// Rotations done.
     pub rotations: u64,
+    /// Times the idle-priority writer was raised because a ring was three quarters full
+    /// (see [`super::priority`]).
+    pub writer_boosts: u64,
 }
 
 /// Everything a sink needs besides its config.
@@ -170,6 +174,8 @@ pub(crate) struct Shared {
     procs: Option<Arc<dyn ProcessResolver>>,
     /// Processes looked up by recording threads, for the writer to take.
     pub(crate) early_procs: Mutex<HashMap<u32, ProcessInfo>>,
+    /// The writer's scheduling policy (idle unless it falls behind).
+    pub(crate) priority: WriterPriority,
 }
 
 /// Most processes held for the writer between two drains.
@@ -236,6 +242,7 @@ impl AccessSink {
                 wake: tx,
                 procs: None,
                 early_procs: Mutex::new(HashMap::new()),
+                priority: WriterPriority::default(),
             }),
             writer: Mutex::new(None),
             last_error: Arc::new(Mutex::new(None)),
@@ -281,6 +288,7 @@ impl AccessSink {
             wake: tx,
             procs: Some(opts.processes.clone()),
             early_procs: Mutex::new(HashMap::new()),
+            priority: WriterPriority::default(),
         });
         let last_error = Arc::new(Mutex::new(None));
         let recent = Arc::new(Mutex::new(VecDeque::new()));
@@ -334,6 +342,8 @@ impl AccessSink {
         if self.writer.lock().is_none() {
             return Ok(());
         }
+        // An idle writer would wait for busy CPUs; the flush's caller is waiting for it.
+        self.shared.priority.raise(false);
         let (tx, rx) = mpsc::sync_channel(1);
         self.shared.wake.send(Cmd::Flush(tx)).map_err(|_| Error::Thread("writer gone".into()))?;
         rx.recv().map_err(|_| Error::Thread("writer gone".into()))?
@@ -353,7 +363,15 @@ impl AccessSink {
             written_bytes: l(&c.written_bytes),
             write_errors: l(&c.write_errors),
             rotations: l(&c.rotations),
+            writer_boosts: self.shared.priority.boosts(),
         }
+    }
+
+    /// The writer thread's scheduling: `idle` (it yields to requests), `raised` (it fell
+    /// behind, or a flush waits for it), `normal: why` (it could not go idle safely), or
+    /// `starting`. See [`super::priority`].
+    pub fn writer_priority(&self) -> String {
+        self.shared.priority.describe()
     }
 
     /// The last `limit` written events that pass `filter`, oldest first, with paths and
@@ -378,6 +396,7 @@ impl Drop for AccessSink {
     fn drop(&mut self) {
         if let Some(h) = self.writer.lock().take() {
             // A full channel only means the writer is busy; `send` waits for room.
+            self.shared.priority.raise(false);
             let _ = self.shared.wake.send(Cmd::Stop);
             let _ = h.join();
         }
@@ -569,10 +588,23 @@ impl Shared {
                 }
             }
             let _ = self.wake.try_send(Cmd::Wake);
-        } else if used * 2 > ring.len() as u64 && !slot.kicked.swap(true, Ordering::Relaxed) {
-            // Early drain when the ring is half full, once per drain.
-            let _ = self.wake.try_send(Cmd::Wake);
+        } else if used * 2 > ring.len() as u64 {
+            if !slot.kicked.swap(true, Ordering::Relaxed) {
+                // Early drain when the ring is half full, once per drain.
+                let _ = self.wake.try_send(Cmd::Wake);
+            } else if used * 4 > ring.len() as u64 * 3 {
+                // Woken at half full and still not drained: the idle writer is starved.
+                self.priority.raise(true);
+            }
         }
+    }
+
+    /// Whether every ring is at most a quarter full now.
+    pub(crate) fn quiet(&self) -> bool {
+        let limit = self.ring_words as u64 / 4;
+        self.slots.iter().all(|s| {
+            s.head.load(Ordering::Relaxed).wrapping_sub(s.tail.load(Ordering::Relaxed)) <= limit
+        })
     }
 
     /// Decode and consume every published event of every slot, appending them to `out`.

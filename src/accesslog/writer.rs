@@ -136,6 +136,7 @@ impl Writer {
     }
 
     pub(crate) fn run(mut self, rx: Receiver<Cmd>, interval: Duration) {
+        self.shared.priority.lower();
         if let Some(p) = &self.paths {
             p.prepare();
         }
@@ -228,6 +229,10 @@ impl Writer {
                 self.fail(&e);
                 result = result.and(Err(e));
             }
+        }
+        // Raised because it fell behind (or for a flush): idle again once caught up.
+        if self.shared.quiet() {
+            self.shared.priority.relax();
         }
         if self.log.wants_rotation() {
             match self.log.rotate() {

@@ -558,6 +558,7 @@ impl DaemonControl for Daemon {
         Ok(json!({
             "mode": sink.mode().name(),
             "stats": sink.stats(),
+            "writer_priority": sink.writer_priority(),
             "last_error": sink.last_error(),
             "events": sink.recent(filter, limit),
         }))
