@@ -195,19 +195,51 @@ pub fn interrupt_on(sig: libc::c_int) -> std::io::Result<()> {
 
 /// The calling thread's id (what `/proc/self/task/` lists and the scheduling calls take).
 pub fn gettid() -> i32 {
-    // SAFETY: gettid cannot fail and takes no arguments.
-    unsafe { libc::gettid() }
+    // SAFETY: gettid takes no arguments and cannot fail (called as a raw system call: the
+    // libc wrapper needs glibc 2.30).
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
 /// Put thread `tid` of this process under `SCHED_IDLE` (`idle`) or back under `SCHED_OTHER`.
-/// An idle thread runs only when no other thread wants its CPU, and any other thread waking
-/// preempts it. Going idle needs no privilege; coming back needs `CAP_SYS_NICE` or an
-/// `RLIMIT_NICE` that allows the thread's nice value. The nice value is kept either way.
+/// An idle thread gets a CPU when no other thread wants one, and beyond that only a tiny
+/// share (weight 3 against 1024 for nice 0); any other thread waking preempts it. Going idle
+/// needs no privilege; coming back needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows the
+/// thread's nice value. The nice value is kept either way.
 pub fn set_sched_idle(tid: i32, idle: bool) -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
-    // SAFETY: `param` is a valid sched_param (priority 0, as both policies require).
-    let r = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+    // SAFETY: `param` is a valid sched_param (priority 0, as both policies require) that
+    // outlives the call. A raw system call: musl's wrapper always fails with ENOSYS.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            tid as libc::c_long,
+            policy as libc::c_long,
+            &param as *const libc::sched_param,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Give thread `tid` the best-effort I/O class at its default level (4). A thread that never
+/// set one follows its CPU policy, and under `SCHED_IDLE` that is the idle I/O class (BFQ
+/// would then serve its fsyncs only when the disk has nothing else to do).
+pub fn set_io_best_effort(tid: i32) -> std::io::Result<()> {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_BE: libc::c_long = 2;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: ioprio_set has no memory arguments.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            tid as libc::c_long,
+            (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | 4,
+        )
+    };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -326,24 +326,42 @@ fn tiny_memory_bound_drops_and_counts_without_blocking() {
     assert_eq!(r.events.len() as u64, written.recorded);
 }
 
-/// A path resolver that notes which thread calls it and holds the first `path` call until
-/// the test opens the gate: a writer stuck in a round, as a starved one would be.
+/// A path resolver that notes which thread calls it and at what scheduling policy, and holds
+/// `path` calls while its gate is shut: a writer stuck in a round, as a starved one would be.
 #[derive(Default)]
 struct Gate {
-    /// (writer's thread id, a path call is waiting, the gate is open)
-    state: Mutex<(Option<u32>, bool, bool)>,
+    state: Mutex<GateState>,
     cv: Condvar,
+    /// What `shares_locks` answers.
+    locks: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct GateState {
+    writer: Option<u32>,
+    /// `path` calls so far, with the policy of the calling thread at entry.
+    calls: Vec<(u64, u32)>,
+    shut: bool,
 }
 
 impl Gate {
-    fn wait_for(&self, what: impl Fn(&(Option<u32>, bool, bool)) -> bool) {
-        let g = self.state.lock().unwrap();
-        let (_g, t) = self.cv.wait_timeout_while(g, Duration::from_secs(10), |s| !what(s)).unwrap();
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wait (10 s at most) until `what` holds.
+    fn wait_for(&self, what: impl Fn(&GateState) -> bool) {
+        let g = self.lock();
+        let (g, t) = self
+            .cv
+            .wait_timeout_while(g, Duration::from_secs(10), |s| !what(s))
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(g);
         assert!(!t.timed_out(), "the writer never got there");
     }
 
-    fn open(&self) {
-        self.state.lock().unwrap().2 = true;
+    fn shut(&self, shut: bool) {
+        self.lock().shut = shut;
         self.cv.notify_all();
     }
 }
@@ -354,69 +372,100 @@ struct OpenOnDrop(Arc<Gate>);
 
 impl Drop for OpenOnDrop {
     fn drop(&mut self) {
-        self.0.open();
+        self.0.shut(false);
     }
 }
 
 impl PathResolver for Gate {
     fn path(&self, _layer: u32, inode: u64) -> Option<Vec<u8>> {
-        let mut g = self.state.lock().unwrap();
-        g.1 = true;
+        let me = thread_id();
+        let mut g = self.lock();
+        g.calls.push((inode, policy(me)));
         self.cv.notify_all();
-        while !g.2 {
-            g = self.cv.wait(g).unwrap();
+        while g.shut {
+            g = self.cv.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         Some(format!("/f{inode}").into_bytes())
     }
 
     fn prepare(&self) {
-        let me = std::fs::read_link("/proc/thread-self").unwrap();
-        let tid = me.file_name().unwrap().to_str().unwrap().parse().unwrap();
-        self.state.lock().unwrap().0 = Some(tid);
+        self.lock().writer = Some(thread_id());
         self.cv.notify_all();
+    }
+
+    fn shares_locks(&self) -> bool {
+        self.locks.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
-/// Thread `tid`'s scheduling policy as the kernel reports it (0 SCHED_OTHER, 5 SCHED_IDLE).
+fn thread_id() -> u32 {
+    let me = std::fs::read_link("/proc/thread-self").unwrap();
+    me.file_name().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+/// The test's own thread `tid`'s scheduling policy.
 fn policy(tid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
-    // Fields after the parenthesised name start at field 3; the policy is field 41.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+    common::thread_policy(std::process::id(), tid).unwrap()
+}
+
+/// Starts a sink whose writer resolves paths through a [`Gate`]; returns the writer's tid.
+fn gated(cfg: AccessLogConfig, gate: &Arc<Gate>) -> (AccessSink, u32) {
+    let opts = SinkOptions::new(cfg).max_threads(2).paths(gate.clone()).processes(Arc::new(Names));
+    let sink = AccessSink::start(opts).unwrap();
+    gate.wait_for(|s| s.writer.is_some());
+    let tid = gate.lock().writer.unwrap();
+    (sink, tid)
+}
+
+/// Waits (10 s at most) until the sink reports `state` and the kernel the matching policy.
+fn wait_priority(sink: &AccessSink, tid: u32, state: &str) {
+    let want = if state == "idle" { 5 } else { 0 };
+    let t0 = Instant::now();
+    while (sink.writer_priority().as_str(), policy(tid)) != (state, want) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "writer {} with policy {}, expected {state}",
+            sink.writer_priority(),
+            policy(tid)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]
-fn the_writer_yields_the_cpu_until_a_ring_fills() {
+fn the_writer_yields_the_cpu_until_it_falls_behind_or_is_waited_for() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dir, Mode::Full);
     cfg.max_memory = 16 << 10; // two slots of 1,024 words; a read event is 8 words
-    cfg.flush_interval_ms = 10_000;
+    cfg.flush_interval_ms = 10_000; // rounds come from wakes (a new pid, a half-full ring)
     let path = cfg.path.clone();
     let gate = Arc::new(Gate::default());
-    let opts = SinkOptions::new(cfg).max_threads(2).paths(gate.clone()).processes(Arc::new(Names));
-    let sink = AccessSink::start(opts).unwrap();
+    let (sink, tid) = gated(cfg, &gate);
     let _open = OpenOnDrop(gate.clone());
-    gate.wait_for(|s| s.0.is_some());
-    let tid = gate.state.lock().unwrap().0.unwrap();
-    if !common::require_root(
-        "the_writer_yields_the_cpu_until_a_ring_fills",
-        "an unprivileged writer cannot come back from SCHED_IDLE, so it stays at normal priority",
-    ) {
+    if !common::may_leave_sched_idle() {
+        println!(
+            "SKIPPED the_writer_yields_the_cpu_until_it_falls_behind_or_is_waited_for: this \
+             process may not leave SCHED_IDLE (no CAP_SYS_NICE), so the writer stays normal"
+        );
         assert!(sink.writer_priority().starts_with("normal: "), "{}", sink.writer_priority());
         assert_eq!(policy(tid), 0);
         return;
     }
-    assert_eq!((sink.writer_priority().as_str(), policy(tid)), ("idle", 5));
+    wait_priority(&sink, tid, "idle");
+    let read = |inode: u64, pid: u32, i: u64| {
+        Event::new(Op::Read, inode, pid, 0).with_range(i * 4096, 4096)
+    };
 
-    // A first event wakes the writer (a new pid), which then waits in the resolver.
-    let read = |i: u64| Event::new(Op::Read, 7, 100, 0).with_range(i * 4096, 4096);
-    sink.record(read(0));
-    gate.wait_for(|s| s.1);
-    // Past half the ring the writer is woken again; past three quarters, raised: at the first
-    // event beyond 768 of the ring's 1,024 words (8 words each; event 0 was drained).
+    // 1. It falls behind. A first event wakes the writer (a new pid), which then waits in
+    // the resolver, at idle priority.
+    gate.shut(true);
+    sink.record(read(7, 100, 0));
+    gate.wait_for(|s| s.calls.len() == 1);
+    // Past half the ring it is woken again; past three quarters, raised: at the first event
+    // beyond 768 of the ring's 1,024 words (8 words each; event 0 was drained).
     let mut raised_at = None;
     for i in 1..=120 {
-        sink.record(read(i));
+        sink.record(read(7, 100, i));
         if raised_at.is_none() && sink.stats().writer_boosts > 0 {
             raised_at = Some(i);
             assert_eq!((sink.writer_priority().as_str(), policy(tid)), ("raised", 0));
@@ -424,17 +473,70 @@ fn the_writer_yields_the_cpu_until_a_ring_fills() {
     }
     assert_eq!(raised_at, Some(97), "{:?}", sink.stats());
     assert_eq!(sink.stats().writer_boosts, 1, "raised once, not once per event");
+    // Let it go: the round after that drains the ring and ends with it empty: idle again.
+    gate.shut(false);
+    wait_priority(&sink, tid, "idle");
 
-    // Let the writer go: once a round finds the rings nearly empty it is idle again.
-    gate.open();
+    // 2. A flush waits for it: raised while the flush waits, although nothing filled up.
+    gate.shut(true);
+    sink.record(read(8, 201, 0)); // a new pid wakes it; inode 8 needs the resolver
+    gate.wait_for(|s| s.calls.len() == 2);
+    std::thread::scope(|sc| {
+        // Dropped before the scope joins the flusher, which waits for the writer.
+        let _open = OpenOnDrop(gate.clone());
+        let flusher = sc.spawn(|| sink.flush());
+        wait_priority(&sink, tid, "raised");
+        gate.shut(false);
+        flusher.join().unwrap().unwrap();
+    });
+    // The flush wakes one more round, which finds the rings empty: idle again.
+    wait_priority(&sink, tid, "idle");
+
+    // 3. A resolver that takes the requests' locks is called at normal priority.
+    gate.locks.store(true, std::sync::atomic::Ordering::SeqCst);
+    sink.record(read(9, 300, 0));
+    gate.wait_for(|s| s.calls.len() == 3);
+    wait_priority(&sink, tid, "idle");
+
+    let calls = gate.lock().calls.clone();
+    assert_eq!(calls, vec![(7, 5), (8, 5), (9, 0)], "(inode, writer's policy in the resolver)");
     sink.flush().unwrap();
-    assert_eq!((sink.writer_priority().as_str(), policy(tid)), ("idle", 5));
     let st = sink.stats();
-    assert_eq!((st.recorded, st.dropped, st.writer_boosts), (121, 0, 1));
+    assert_eq!((st.recorded, st.dropped, st.writer_boosts), (123, 0, 1), "{st:?}");
     drop(sink);
     let r = replay_path(&path, false).unwrap();
-    assert_eq!(r.events.len(), 121);
-    assert!(r.events.iter().all(|e| e.path.as_deref() == Some("/f7")), "{:?}", r.events[0]);
+    assert_eq!(r.events.len(), 123);
+    assert!(r.events[..121].iter().all(|e| e.path.as_deref() == Some("/f7")), "{:?}", r.events[0]);
+}
+
+#[test]
+fn a_writer_without_a_round_for_two_intervals_is_raised() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir, Mode::Full);
+    cfg.flush_interval_ms = 100;
+    let gate = Arc::new(Gate::default());
+    let (sink, tid) = gated(cfg, &gate);
+    let _open = OpenOnDrop(gate.clone());
+    if !common::may_leave_sched_idle() {
+        println!(
+            "SKIPPED a_writer_without_a_round_for_two_intervals_is_raised: this process may \
+             not leave SCHED_IDLE (no CAP_SYS_NICE), so the writer stays normal"
+        );
+        return;
+    }
+    wait_priority(&sink, tid, "idle");
+    // The writer waits in the resolver in the middle of a round; its timer cannot fire.
+    gate.shut(true);
+    sink.record(Event::new(Op::Open, 7, 100, 0));
+    gate.wait_for(|s| s.calls.len() == 1);
+    sink.record(Event::new(Op::Open, 7, 100, 0));
+    let early = sink.stats().writer_boosts;
+    std::thread::sleep(Duration::from_millis(400)); // past 2 × 100 ms + 100 ms
+    sink.record(Event::new(Op::Open, 7, 100, 0));
+    assert_eq!((early, sink.stats().writer_boosts), (0, 1), "raised once, and only when late");
+    assert_eq!((sink.writer_priority().as_str(), policy(tid)), ("raised", 0));
+    gate.shut(false);
+    wait_priority(&sink, tid, "idle");
 }
 
 #[test]

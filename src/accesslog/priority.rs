@@ -1,24 +1,30 @@
-//! The writer's CPU priority: it yields to requests, unless it falls behind.
+//! The writer's CPU priority: it yields to requests, unless it falls behind or someone waits.
 //!
-//! The writer runs under `SCHED_IDLE`: the scheduler gives it a CPU only when nothing else
-//! wants one, a waking FUSE worker preempts it at once, and a CPU running only the writer
-//! counts as idle when a woken thread is placed. So the log's CPU work (path records,
-//! encoding, crc) leaves the requests' critical path on a busy machine; on a 2-vCPU VM it was
+//! The writer runs under `SCHED_IDLE`: the scheduler gives it a CPU when nothing else wants
+//! one (and otherwise only a tiny share), a waking FUSE worker preempts it at once, and a CPU
+//! running only the writer counts as idle when a woken thread is placed. So the log's CPU work
+//! (path records, encoding, crc) leaves the requests' critical path; on a 2-vCPU VM it was
 //! most of first-touch's cost on read_all (docs/benchmarks.md §5, run 7).
 //!
-//! An idle thread can starve while the CPUs are busy. The recording threads watch for that:
-//! when a ring passes three quarters (it was already half full and the writer, woken then,
-//! has not drained it) the recording thread raises the writer back to `SCHED_OTHER`
-//! ([`WriterPriority::raise`], counted as a boost); the writer returns to `SCHED_IDLE` when it
-//! ends a round with every ring at most a quarter full ([`WriterPriority::relax`]). A flush
-//! (API, unmount, shutdown) raises it too, so it never waits behind busy CPUs.
+//! It is raised back to `SCHED_OTHER` ([`WriterPriority::raise`]) when:
+//! - it falls behind: a recording thread finds its ring more than three quarters full (it
+//!   woke the writer at half and no round has drained it since), or full, or the writer's last
+//!   round began more than two flush intervals ago (each counted as a boost);
+//! - someone waits for it: a flush (API, unmount) or the shutdown ([`WriterPriority::hold`]);
+//! - it is about to call a path resolver that takes locks the requests take too (a writer
+//!   preempted at idle priority while holding one would stall the requests behind it).
+//!
+//! It returns to `SCHED_IDLE` ([`WriterPriority::relax`]) after a round that ends with every
+//! ring at most a quarter full and nothing holding it. A raise is one `sched_setscheduler`
+//! per episode (later ones see the flag and return); the hot path pays one comparison while
+//! the ring is less than half full.
 //!
 //! Coming back from `SCHED_IDLE` needs `CAP_SYS_NICE` (or an `RLIMIT_NICE` allowing the
-//! thread's nice value). The writer checks that it could come back before it goes idle
-//! (lowering its nice value by one and restoring it); without that right it stays at normal
-//! priority, as a writer that can starve would lose events.
+//! thread's nice value). Before it goes idle the writer has a throwaway thread check that
+//! right (raise its nice value by one and lower it back); without it the writer stays at
+//! normal priority, as a writer that could starve would lose events.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::SeqCst};
 
 use parking_lot::Mutex;
 
@@ -27,101 +33,137 @@ use crate::sys;
 /// Where the writer thread is and who may move it.
 #[derive(Debug, Default)]
 pub(crate) struct WriterPriority {
-    /// The writer's thread id once it went idle; 0 while it runs at normal priority for good.
+    /// The writer's thread id while it may be idle; 0 before it starts, when it cannot come
+    /// back from idle, and after it exited.
     tid: AtomicI32,
-    /// Raised to `SCHED_OTHER` and not relaxed since (changed only under `moving`).
+    /// At `SCHED_OTHER` (set before the call that raises it, cleared before the one that
+    /// lowers it: see `relax`).
     raised: AtomicBool,
-    /// Held while the policy and `raised` change together.
-    moving: Mutex<()>,
-    /// Raises because a ring was three quarters full.
+    /// Flushes and the shutdown waiting for the writer: no relaxing meanwhile.
+    holds: AtomicU32,
+    /// Raises because it fell behind.
     boosts: AtomicU64,
-    /// Why the writer stays at normal priority, when it does.
-    pinned: Mutex<Option<String>>,
+    /// Why it stays at normal priority, or the last failed raise.
+    note: Mutex<Option<String>>,
+}
+
+/// Keeps the writer at normal priority while it lives (see [`WriterPriority::hold`]).
+pub(crate) struct Hold<'a>(&'a WriterPriority);
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.0.holds.fetch_sub(1, SeqCst);
+    }
 }
 
 impl WriterPriority {
-    /// Called by the writer thread when it starts: go idle if it could come back.
+    /// Called by the writer thread when it starts: go idle if it could come back, and keep
+    /// best-effort I/O either way (see [`sys::set_io_best_effort`]).
     pub(crate) fn lower(&self) {
-        if let Err(why) = self.try_lower() {
-            *self.pinned.lock() = Some(why);
-        }
-    }
-
-    fn try_lower(&self) -> Result<(), String> {
         let tid = sys::gettid();
-        let nice = match sys::thread_nice(tid) {
-            Ok(n) => n,
-            Err(e) => return Err(format!("getpriority: {e}")),
-        };
-        // Coming back from SCHED_IDLE is checked as setting the current nice value again
-        // from a higher one; a nice value of 19 cannot be raised to test, and stays.
-        if nice >= 19 {
-            return Err("nice value 19".into());
+        if let Err(why) = can_come_back() {
+            *self.note.lock() = Some(why);
+            return;
         }
-        if let Err(e) = sys::set_thread_nice(tid, nice + 1) {
-            return Err(format!("setpriority: {e}"));
-        }
-        if let Err(e) = sys::set_thread_nice(tid, nice) {
-            return Err(format!("could not be raised again ({e})"));
-        }
-        if let Err(e) = sys::set_sched_idle(tid, true) {
-            return Err(format!("SCHED_IDLE: {e}"));
-        }
-        self.tid.store(tid, Ordering::Release);
-        Ok(())
+        let _ = sys::set_io_best_effort(tid);
+        // Start as raised: `relax` does the lowering, so a flush already waiting holds it.
+        self.raised.store(true, SeqCst);
+        self.tid.store(tid, SeqCst);
+        self.relax();
     }
 
-    /// Raise the writer to normal priority (from any thread). `boost`: because a ring is
-    /// filling (counted), not for a flush. Cheap when already raised: one load.
+    /// The writer thread is exiting: never move that thread id again (it may be reused).
+    pub(crate) fn exited(&self) {
+        self.tid.store(0, SeqCst);
+    }
+
+    /// Raise the writer to normal priority (from any thread). `boost`: because it fell
+    /// behind (counted). Two loads when it is raised already.
     pub(crate) fn raise(&self, boost: bool) {
-        if self.tid.load(Ordering::Acquire) == 0 || self.raised.load(Ordering::Acquire) {
+        let tid = self.tid.load(SeqCst);
+        if tid == 0 || self.raised.load(SeqCst) || self.raised.swap(true, SeqCst) {
             return;
         }
-        let _moving = self.moving.lock();
-        let tid = self.tid.load(Ordering::Acquire);
-        if tid == 0 || self.raised.load(Ordering::Acquire) {
-            return;
-        }
-        if sys::set_sched_idle(tid, false).is_ok() {
-            self.raised.store(true, Ordering::Release);
-            if boost {
-                self.boosts.fetch_add(1, Ordering::Relaxed);
+        match sys::set_sched_idle(tid, false) {
+            Ok(()) if boost => {
+                self.boosts.fetch_add(1, SeqCst);
             }
-        } else {
-            // Checked in `lower`, so not expected; never retry on every event.
-            self.tid.store(0, Ordering::Release);
-            *self.pinned.lock() = Some("could not be raised (SCHED_OTHER refused)".into());
+            Ok(()) => {}
+            // `raised` stays set, so this is not retried on every event; the writer's next
+            // relax clears it and the next shortfall tries again.
+            Err(e) => *self.note.lock() = Some(format!("raising it failed: {e}")),
         }
     }
 
-    /// Called by the writer after a round whose backlog was small: back to idle if raised.
+    /// Keep the writer at normal priority until the guard drops (a flush waits for it).
+    pub(crate) fn hold(&self) -> Hold<'_> {
+        self.holds.fetch_add(1, SeqCst);
+        self.raise(false);
+        Hold(self)
+    }
+
+    /// Keep the writer at normal priority for good (the sink is shutting down).
+    pub(crate) fn hold_forever(&self) {
+        std::mem::forget(self.hold());
+    }
+
+    /// Called by the writer between rounds, when its rings are nearly empty: back to idle
+    /// unless someone holds it.
     pub(crate) fn relax(&self) {
-        if !self.raised.load(Ordering::Acquire) {
+        let tid = self.tid.load(SeqCst);
+        if tid == 0 || self.holds.load(SeqCst) > 0 || !self.raised.load(SeqCst) {
             return;
         }
-        let _moving = self.moving.lock();
-        let tid = self.tid.load(Ordering::Acquire);
-        if tid != 0 && self.raised.load(Ordering::Acquire) && sys::set_sched_idle(tid, true).is_ok()
-        {
-            self.raised.store(false, Ordering::Release);
+        self.raised.store(false, SeqCst);
+        if sys::set_sched_idle(tid, true).is_err() {
+            self.raised.store(true, SeqCst);
+            return;
+        }
+        // A raise that saw `raised` clear may have set SCHED_OTHER before the call above
+        // undid it; its flag is visible now, so set it again.
+        if self.raised.load(SeqCst) {
+            let _ = sys::set_sched_idle(tid, false);
         }
     }
 
-    /// Where the writer runs now: `idle`, `raised` (boosted or flushing), `normal: why`, or
-    /// `starting`.
+    /// Where the writer runs: `idle`, `raised` (it fell behind, a flush waits, or it is
+    /// resolving paths), `normal: why` (it could not go idle safely), or `starting`; a failed
+    /// raise is appended.
     pub(crate) fn describe(&self) -> String {
-        if let Some(why) = self.pinned.lock().as_ref() {
-            return format!("normal: {why}");
-        }
-        match (self.tid.load(Ordering::Acquire), self.raised.load(Ordering::Acquire)) {
-            (0, _) => "starting".into(),
-            (_, false) => "idle".into(),
-            (_, true) => "raised".into(),
+        let note = self.note.lock().clone();
+        let state = match (self.tid.load(SeqCst), self.raised.load(SeqCst)) {
+            (0, _) => return note.map_or("starting".into(), |why| format!("normal: {why}")),
+            (_, false) => "idle",
+            (_, true) => "raised",
+        };
+        match note {
+            Some(n) => format!("{state} ({n})"),
+            None => state.into(),
         }
     }
 
     /// Boosts so far.
     pub(crate) fn boosts(&self) -> u64 {
-        self.boosts.load(Ordering::Relaxed)
+        self.boosts.load(SeqCst)
+    }
+}
+
+/// Whether a thread of this process may come back from `SCHED_IDLE` at its nice value:
+/// checked on a throwaway thread (which inherits the caller's nice value) by raising its
+/// nice value by one and lowering it back, which the kernel allows under the same rule.
+fn can_come_back() -> Result<(), String> {
+    let probe = std::thread::Builder::new().name("accesslog-probe".into()).spawn(|| {
+        let tid = sys::gettid();
+        let nice = sys::thread_nice(tid).map_err(|e| format!("getpriority: {e}"))?;
+        if nice >= 19 {
+            return Err("its nice value is 19".to_string());
+        }
+        sys::set_thread_nice(tid, nice + 1).map_err(|e| format!("setpriority: {e}"))?;
+        sys::set_thread_nice(tid, nice)
+            .map_err(|e| format!("it could not be raised again from idle ({e})"))
+    });
+    match probe {
+        Ok(h) => h.join().unwrap_or_else(|_| Err("the probe thread panicked".into())),
+        Err(e) => Err(format!("no probe thread: {e}")),
     }
 }

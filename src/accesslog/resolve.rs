@@ -20,6 +20,13 @@ pub trait PathResolver: Send + Sync {
     /// Get ready to answer (build tables, say): the writer calls this once when it starts,
     /// before the first event, so that work is not done in the middle of the first requests.
     fn prepare(&self) {}
+
+    /// Whether `path` takes locks that request threads take too (asked before each call).
+    /// The writer then raises itself to normal priority before calling it (an idle-priority thread preempted while
+    /// holding such a lock would stall the requests). Say `false` only for lock-free lookups.
+    fn shares_locks(&self) -> bool {
+        true
+    }
 }
 
 impl<F> PathResolver for F
@@ -39,6 +46,10 @@ pub struct RootOnly(pub u64);
 impl PathResolver for RootOnly {
     fn path(&self, _layer: u32, inode: u64) -> Option<Vec<u8>> {
         (inode == self.0).then(|| b"/".to_vec())
+    }
+
+    fn shares_locks(&self) -> bool {
+        false
     }
 }
 

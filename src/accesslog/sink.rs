@@ -9,7 +9,9 @@
 //! `head` and hands the space back with one release store of `tail`. So a `record` takes no
 //! lock, allocates nothing (names are copied into the ring's words) and never waits: when the
 //! ring has no room the event is dropped and counted. Memory is allocated per slot on its first
-//! claim and bounded by `max_memory` in total.
+//! claim and bounded by `max_memory` in total. The writer runs at idle priority; the event that
+//! finds it behind (a ring three quarters full or full, no round for two intervals) raises it
+//! with one system call ([`super::priority`]), later ones see a flag.
 //!
 //! In first-touch mode each slot also keeps a small direct-mapped table of the touch keys it
 //! has already recorded, so repeated reads of the same chunk or stats of the same file cost a
@@ -176,6 +178,10 @@ pub(crate) struct Shared {
     pub(crate) early_procs: Mutex<HashMap<u32, ProcessInfo>>,
     /// The writer's scheduling policy (idle unless it falls behind).
     pub(crate) priority: WriterPriority,
+    /// When the writer's last round began (`now_ns`).
+    pub(crate) last_round_ns: AtomicU64,
+    /// A round beginning longer ago than this means the writer is starved.
+    overdue_ns: u64,
 }
 
 /// Most processes held for the writer between two drains.
@@ -243,6 +249,8 @@ impl AccessSink {
                 procs: None,
                 early_procs: Mutex::new(HashMap::new()),
                 priority: WriterPriority::default(),
+                last_round_ns: AtomicU64::new(0),
+                overdue_ns: u64::MAX,
             }),
             writer: Mutex::new(None),
             last_error: Arc::new(Mutex::new(None)),
@@ -289,6 +297,8 @@ impl AccessSink {
             procs: Some(opts.processes.clone()),
             early_procs: Mutex::new(HashMap::new()),
             priority: WriterPriority::default(),
+            last_round_ns: AtomicU64::new(0),
+            overdue_ns: overdue_after(cfg.flush_interval()),
         });
         let last_error = Arc::new(Mutex::new(None));
         let recent = Arc::new(Mutex::new(VecDeque::new()));
@@ -342,11 +352,17 @@ impl AccessSink {
         if self.writer.lock().is_none() {
             return Ok(());
         }
-        // An idle writer would wait for busy CPUs; the flush's caller is waiting for it.
-        self.shared.priority.raise(false);
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.shared.wake.send(Cmd::Flush(tx)).map_err(|_| Error::Thread("writer gone".into()))?;
-        rx.recv().map_err(|_| Error::Thread("writer gone".into()))?
+        let result = {
+            // An idle writer would wait for busy CPUs; the flush's caller is waiting for it.
+            let _hold = self.shared.priority.hold();
+            let (tx, rx) = mpsc::sync_channel(1);
+            let gone = |_| Error::Thread("writer gone".into());
+            self.shared.wake.send(Cmd::Flush(tx)).map_err(gone)?;
+            rx.recv().map_err(|_| Error::Thread("writer gone".into()))?
+        };
+        // The flush's round leaves the writer raised; the round after puts it back to idle.
+        let _ = self.shared.wake.try_send(Cmd::Wake);
+        result
     }
 
     /// The counters.
@@ -396,7 +412,7 @@ impl Drop for AccessSink {
     fn drop(&mut self) {
         if let Some(h) = self.writer.lock().take() {
             // A full channel only means the writer is busy; `send` waits for room.
-            self.shared.priority.raise(false);
+            self.shared.priority.hold_forever();
             let _ = self.shared.wake.send(Cmd::Stop);
             let _ = h.join();
         }
@@ -406,6 +422,12 @@ impl Drop for AccessSink {
 /// A session id: the start time mixed with the pid (unique enough to tell sessions apart).
 fn session_id(start_unix_ns: u64) -> u64 {
     mix(start_unix_ns ^ (u64::from(std::process::id()) << 32)).max(1)
+}
+
+/// How long without a round means the writer is starved: two flush intervals and a bit.
+fn overdue_after(interval: std::time::Duration) -> u64 {
+    let ns = interval.saturating_mul(2).saturating_add(std::time::Duration::from_millis(100));
+    u64::try_from(ns.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn prev_pow2(n: usize) -> usize {
@@ -564,8 +586,11 @@ impl Shared {
             return;
         }
         // Stamped only now: a deduped event needs no clock read.
-        let Some(used) = encode(slot, ring, ev, self.now_ns()) else {
+        let ts = self.now_ns();
+        let Some(used) = encode(slot, ring, ev, ts) else {
             bump(&slot.dropped);
+            // The ring is full: the writer has fallen behind.
+            self.priority.raise(true);
             return;
         };
         bump(&slot.recorded);
@@ -588,7 +613,8 @@ impl Shared {
                 }
             }
             let _ = self.wake.try_send(Cmd::Wake);
-        } else if used * 2 > ring.len() as u64 {
+        }
+        if used * 2 > ring.len() as u64 {
             if !slot.kicked.swap(true, Ordering::Relaxed) {
                 // Early drain when the ring is half full, once per drain.
                 let _ = self.wake.try_send(Cmd::Wake);
@@ -596,6 +622,10 @@ impl Shared {
                 // Woken at half full and still not drained: the idle writer is starved.
                 self.priority.raise(true);
             }
+        }
+        if ts.saturating_sub(self.last_round_ns.load(Ordering::Relaxed)) > self.overdue_ns {
+            // No round for two flush intervals: starved (its timer has not fired).
+            self.priority.raise(true);
         }
     }
 

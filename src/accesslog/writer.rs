@@ -70,6 +70,15 @@ impl Recent {
     }
 }
 
+/// Marks the writer gone when its thread ends, however it ends.
+struct Exited(Arc<Shared>);
+
+impl Drop for Exited {
+    fn drop(&mut self) {
+        self.0.priority.exited();
+    }
+}
+
 /// A path the writer knows.
 struct Known {
     path: Arc<[u8]>,
@@ -136,15 +145,18 @@ impl Writer {
     }
 
     pub(crate) fn run(mut self, rx: Receiver<Cmd>, interval: Duration) {
-        self.shared.priority.lower();
+        // Built at normal priority: the prefetcher may be waiting for the same table.
         if let Some(p) = &self.paths {
             p.prepare();
         }
+        let _exit = Exited(self.shared.clone());
+        self.shared.priority.lower();
         let mut next = Instant::now() + interval;
         loop {
             match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok(Cmd::Wake) => {
                     let _ = self.tick(false);
+                    self.relax();
                 }
                 Ok(Cmd::Flush(ack)) => {
                     let r = self.tick(true);
@@ -156,9 +168,18 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = self.tick(false);
+                    self.relax();
                     next = Instant::now() + interval;
                 }
             }
+        }
+    }
+
+    /// Back to idle priority if it was raised and the rings are nearly empty (not after a
+    /// flush's round: the next round decides).
+    fn relax(&self) {
+        if self.shared.quiet() {
+            self.shared.priority.relax();
         }
     }
 
@@ -169,6 +190,7 @@ impl Writer {
 
     /// One round: drain, filter, resolve, encode, write (and fsync when `sync`).
     fn tick(&mut self, sync: bool) -> Result<(), Error> {
+        self.shared.last_round_ns.store(self.shared.now_ns(), Ordering::Relaxed);
         let mut batch = std::mem::take(&mut self.batch);
         batch.clear();
         self.shared.drain(&mut batch);
@@ -230,10 +252,6 @@ impl Writer {
                 result = result.and(Err(e));
             }
         }
-        // Raised because it fell behind (or for a flush): idle again once caught up.
-        if self.shared.quiet() {
-            self.shared.priority.relax();
-        }
         if self.log.wants_rotation() {
             match self.log.rotate() {
                 Ok(()) => {
@@ -284,14 +302,16 @@ impl Writer {
     /// Move the processes the recording threads looked up into this thread's map (bounded:
     /// entries whose events were dropped are never taken, so it is cleared when full).
     fn take_early_procs(&mut self) {
-        let mut m = self.shared.early_procs.lock();
-        if m.is_empty() {
+        // Swapped out under the lock, merged outside it: a recording thread with a new pid
+        // never waits for this (idle-priority) thread to merge.
+        let taken = std::mem::take(&mut *self.shared.early_procs.lock());
+        if taken.is_empty() {
             return;
         }
         if self.early_procs.len() >= super::sink::EARLY_PROCS_CAP {
             self.early_procs.clear();
         }
-        self.early_procs.extend(m.drain());
+        self.early_procs.extend(taken);
     }
 
     /// Encode one record; returns 1 (or 0 if it could not be encoded, which is counted).
@@ -438,7 +458,12 @@ impl Writer {
 
     /// Ask the resolver for `k`'s path and remember it (`emitted`: the file gets it now).
     fn resolve(&mut self, k: Key, emitted: bool) -> Option<Arc<[u8]>> {
-        let p: Arc<[u8]> = self.paths.as_ref()?.path(k.0, k.1)?.into();
+        let paths = self.paths.as_ref()?;
+        if paths.shares_locks() {
+            // Never hold a lock the requests need at idle priority (relaxed after the round).
+            self.shared.priority.raise(false);
+        }
+        let p: Arc<[u8]> = paths.path(k.0, k.1)?.into();
         self.bound_known();
         self.known.insert(k, Known { path: p.clone(), emitted });
         if !self.unnamed.is_empty() {

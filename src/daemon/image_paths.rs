@@ -104,6 +104,11 @@ impl PathResolver for ImagePaths {
     fn prepare(&self) {
         self.table();
     }
+
+    /// Lock-free once the table is built, which `prepare` does before the writer goes idle.
+    fn shares_locks(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -357,6 +357,30 @@ pub fn assert_same(want: &Snapshot, got: &Snapshot, cmp: Compare, what: &str) {
     );
 }
 
+/// Thread `tid` of process `pid`: its scheduling policy as the kernel reports it (0
+/// SCHED_OTHER, 5 SCHED_IDLE), None when it has gone.
+pub fn thread_policy(pid: u32, tid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    // Fields after the parenthesised name start at field 3; the policy is field 41.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(41 - 3)?.parse().ok()
+}
+
+/// Whether a thread of this process may come back from SCHED_IDLE (what the access log's
+/// writer checks before it goes idle: root without CAP_SYS_NICE may not, a user with a high
+/// RLIMIT_NICE may), tried on a spare thread: raise its nice value by one, lower it back.
+pub fn may_leave_sched_idle() -> bool {
+    std::thread::spawn(|| {
+        let tid = strata::sys::gettid();
+        let Ok(nice) = strata::sys::thread_nice(tid) else { return false };
+        nice < 19
+            && strata::sys::set_thread_nice(tid, nice + 1).is_ok()
+            && strata::sys::set_thread_nice(tid, nice).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
+}
+
 /// True when running as root. Otherwise prints why `test` is skipped and returns false, so a
 /// non-root run says what it did not test instead of passing silently.
 pub fn require_root(test: &str, why: &str) -> bool {
