@@ -45,7 +45,8 @@
 # recorded events, written records and bytes, the log file holds more than its header and at
 # least one access event, read_all's log names at least as many paths under /small as files
 # were read, and seq's names /big/big.bin. Reported under "anomalies" (not fatal): backend reads
-# during a timed run, dropped events, write errors, a full-mode file holding a different number
+# during a timed run, dropped events, write errors, a log writer at normal priority (it could
+# not go idle: docs/access-log.md), a full-mode file holding a different number
 # of events than the API recorded, daemons that did not exit cleanly.
 #
 # Stdout: one JSON object, then a table. Progress goes to stderr. The load average is
@@ -396,8 +397,11 @@ else:
     else:
         st = api.get("stats", {})
         for k in ("recorded", "dropped", "deduped", "written_records", "written_bytes",
-                  "write_errors", "rotations"):
+                  "write_errors", "rotations", "writer_boosts"):
             rec[k] = st.get(k)
+        rec["writer_priority"] = api.get("writer_priority")
+        if str(api.get("writer_priority", "")).startswith("normal"):
+            anomalies.append("%s: the log writer runs at normal priority (%s)" % (where, api["writer_priority"]))
         if api.get("mode") != mode:
             fatal.append("%s: the API reports mode %r" % (where, api.get("mode")))
         if not st.get("recorded") or not st.get("written_records") or not st.get("written_bytes"):
@@ -637,7 +641,7 @@ for m in MODES[1:]:
     rs = [r for r in runs if r["mode"] == m]
     s = {k: sum(r.get(k) or 0 for r in rs) for k in
          ("recorded", "deduped", "dropped", "written_records", "written_bytes", "log_file_bytes",
-          "file_events", "log_files")}
+          "file_events", "log_files", "writer_boosts")}
     s["runs"] = len(rs)
     s["bytes_per_record"] = round(s["written_bytes"] / s["written_records"], 2) if s["written_records"] else None
     s["bytes_per_recorded_event"] = round(s["written_bytes"] / s["recorded"], 2) if s["recorded"] else None
@@ -787,10 +791,12 @@ print("B/rec = bytes / records (all record kinds); B/evt = bytes / recorded even
       "workload + %g s; wrt ms = its accesslog thread; RSS = peak (max over rounds)" % params["settle_s"])
 for m, s in totals.items():
     print("all %d %s runs: %d events recorded, %d deduped, %d dropped; %d records, %d B written "
-          "-> %.1f B/record, %.1f B/recorded event; files %d B, %d access events -> %.1f B/event" % (
+          "-> %.1f B/record, %.1f B/recorded event; files %d B, %d access events -> %.1f B/event; "
+          "idle writer raised for falling behind %d times" % (
               s["runs"], m, s["recorded"], s["deduped"], s["dropped"], s["written_records"],
               s["written_bytes"], s["bytes_per_record"] or 0, s["bytes_per_recorded_event"] or 0,
-              s["log_file_bytes"], s["file_events"], s["bytes_per_file_event"] or 0))
+              s["log_file_bytes"], s["file_events"], s["bytes_per_file_event"] or 0,
+              s["writer_boosts"]))
 c = want
 print("counts (every run): stat %(entries)d entries; " % c["stat"]
       + "read_all %(files)d files / %(bytes)d B; " % c["read_all"] + "seq %(bytes)d B" % c["seq"])
