@@ -447,6 +447,10 @@ fn the_writer_yields_the_cpu_until_it_falls_behind_or_is_waited_for() {
             "SKIPPED the_writer_yields_the_cpu_until_it_falls_behind_or_is_waited_for: this \
              process may not leave SCHED_IDLE (no CAP_SYS_NICE), so the writer stays normal"
         );
+        let t0 = Instant::now();
+        while sink.writer_priority() == "starting" && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(sink.writer_priority().starts_with("normal: "), "{}", sink.writer_priority());
         assert_eq!(policy(tid), 0);
         return;
@@ -456,16 +460,18 @@ fn the_writer_yields_the_cpu_until_it_falls_behind_or_is_waited_for() {
         Event::new(Op::Read, inode, pid, 0).with_range(i * 4096, 4096)
     };
 
+    // Pids without a process name, so the writer has no new-process map to take (which it
+    // does raised) and meets the resolver at whatever priority the test put it in.
     // 1. It falls behind. A first event wakes the writer (a new pid), which then waits in
     // the resolver, at idle priority.
     gate.shut(true);
-    sink.record(read(7, 100, 0));
+    sink.record(read(7, 500, 0));
     gate.wait_for(|s| s.calls.len() == 1);
     // Past half the ring it is woken again; past three quarters, raised: at the first event
     // beyond 768 of the ring's 1,024 words (8 words each; event 0 was drained).
     let mut raised_at = None;
     for i in 1..=120 {
-        sink.record(read(7, 100, i));
+        sink.record(read(7, 500, i));
         if raised_at.is_none() && sink.stats().writer_boosts > 0 {
             raised_at = Some(i);
             assert_eq!((sink.writer_priority().as_str(), policy(tid)), ("raised", 0));
@@ -479,7 +485,7 @@ fn the_writer_yields_the_cpu_until_it_falls_behind_or_is_waited_for() {
 
     // 2. A flush waits for it: raised while the flush waits, although nothing filled up.
     gate.shut(true);
-    sink.record(read(8, 201, 0)); // a new pid wakes it; inode 8 needs the resolver
+    sink.record(read(8, 501, 0)); // a new pid wakes it; inode 8 needs the resolver
     gate.wait_for(|s| s.calls.len() == 2);
     std::thread::scope(|sc| {
         // Dropped before the scope joins the flusher, which waits for the writer.
@@ -494,18 +500,27 @@ fn the_writer_yields_the_cpu_until_it_falls_behind_or_is_waited_for() {
 
     // 3. A resolver that takes the requests' locks is called at normal priority.
     gate.locks.store(true, std::sync::atomic::Ordering::SeqCst);
-    sink.record(read(9, 300, 0));
+    sink.record(read(9, 502, 0));
     gate.wait_for(|s| s.calls.len() == 3);
     wait_priority(&sink, tid, "idle");
 
+    // 4. So is any resolver in a round that takes the new-process map the recording threads
+    // fill (pid 100 has a name: its first recording thread looked it up).
+    gate.locks.store(false, std::sync::atomic::Ordering::SeqCst);
+    sink.record(read(10, 100, 0));
+    gate.wait_for(|s| s.calls.len() == 4);
+    wait_priority(&sink, tid, "idle");
+
     let calls = gate.lock().calls.clone();
-    assert_eq!(calls, vec![(7, 5), (8, 5), (9, 0)], "(inode, writer's policy in the resolver)");
+    let want = vec![(7, 5), (8, 5), (9, 0), (10, 0)];
+    assert_eq!(calls, want, "(inode, the writer's policy in the resolver)");
     sink.flush().unwrap();
     let st = sink.stats();
-    assert_eq!((st.recorded, st.dropped, st.writer_boosts), (123, 0, 1), "{st:?}");
+    assert_eq!((st.recorded, st.dropped, st.writer_boosts), (124, 0, 1), "{st:?}");
     drop(sink);
     let r = replay_path(&path, false).unwrap();
-    assert_eq!(r.events.len(), 123);
+    assert_eq!(r.events.len(), 124);
+    assert_eq!(r.events[123].process, "alpha");
     assert!(r.events[..121].iter().all(|e| e.path.as_deref() == Some("/f7")), "{:?}", r.events[0]);
 }
 
@@ -513,7 +528,7 @@ fn the_writer_yields_the_cpu_until_it_falls_behind_or_is_waited_for() {
 fn a_writer_without_a_round_for_two_intervals_is_raised() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dir, Mode::Full);
-    cfg.flush_interval_ms = 100;
+    cfg.flush_interval_ms = 1000; // overdue after 2.1 s
     let gate = Arc::new(Gate::default());
     let (sink, tid) = gated(cfg, &gate);
     let _open = OpenOnDrop(gate.clone());
@@ -526,13 +541,14 @@ fn a_writer_without_a_round_for_two_intervals_is_raised() {
     }
     wait_priority(&sink, tid, "idle");
     // The writer waits in the resolver in the middle of a round; its timer cannot fire.
+    // (A pid without a process name: the writer takes no new-process map, raised, first.)
     gate.shut(true);
-    sink.record(Event::new(Op::Open, 7, 100, 0));
+    sink.record(Event::new(Op::Open, 7, 500, 0));
     gate.wait_for(|s| s.calls.len() == 1);
-    sink.record(Event::new(Op::Open, 7, 100, 0));
+    sink.record(Event::new(Op::Open, 7, 500, 0));
     let early = sink.stats().writer_boosts;
-    std::thread::sleep(Duration::from_millis(400)); // past 2 × 100 ms + 100 ms
-    sink.record(Event::new(Op::Open, 7, 100, 0));
+    std::thread::sleep(Duration::from_millis(2500)); // past 2 × 1 s + 100 ms
+    sink.record(Event::new(Op::Open, 7, 500, 0));
     assert_eq!((early, sink.stats().writer_boosts), (0, 1), "raised once, and only when late");
     assert_eq!((sink.writer_priority().as_str(), policy(tid)), ("raised", 0));
     gate.shut(false);

@@ -184,7 +184,6 @@ fn a_killed_daemon_leaves_a_log_that_reads_to_its_last_flush() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("torn tail"));
 }
 
-/// A tmpfs of `size` mounted at `dir` (inside the test's temp dir), unmounted on drop.
 /// The thread id of daemon `pid`'s access log writer (the thread named `accesslog`).
 fn writer_thread(pid: u32) -> Option<u32> {
     std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|t| {
@@ -193,6 +192,7 @@ fn writer_thread(pid: u32) -> Option<u32> {
     })
 }
 
+/// A tmpfs of `size` mounted at `dir` (inside the test's temp dir), unmounted on drop.
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {

@@ -9,15 +9,18 @@
 //! It is raised back to `SCHED_OTHER` ([`WriterPriority::raise`]) when:
 //! - it falls behind: a recording thread finds its ring more than three quarters full (it
 //!   woke the writer at half and no round has drained it since), or full, or the writer's last
-//!   round began more than two flush intervals ago (each counted as a boost);
+//!   round began more than two flush intervals and 100 ms ago (each counted as a boost);
 //! - someone waits for it: a flush (API, unmount) or the shutdown ([`WriterPriority::hold`]);
-//! - it is about to call a path resolver that takes locks the requests take too (a writer
-//!   preempted at idle priority while holding one would stall the requests behind it).
+//! - it is about to take a lock the requests take too, in user space (a path resolver that
+//!   says so, the recording threads' new-process map) or in the kernel (a `write` or `fsync`
+//!   of the log holds a journal handle): a writer preempted at idle priority while holding one
+//!   would stall the requests behind it.
 //!
 //! It returns to `SCHED_IDLE` ([`WriterPriority::relax`]) after a round that ends with every
-//! ring at most a quarter full and nothing holding it. A raise is one `sched_setscheduler`
-//! per episode (later ones see the flag and return); the hot path pays one comparison while
-//! the ring is less than half full.
+//! ring at most a quarter full and nothing holding it: its CPU work (draining, deduplicating,
+//! encoding) runs idle, its locked steps raised. A raise is one `sched_setscheduler` per
+//! episode (later ones see the flag and return); the hot path pays a comparison while the
+//! ring is less than half full, and a load and a comparison of the last round's time.
 //!
 //! Coming back from `SCHED_IDLE` needs `CAP_SYS_NICE` (or an `RLIMIT_NICE` allowing the
 //! thread's nice value). Before it goes idle the writer has a throwaway thread check that
@@ -45,6 +48,11 @@ pub(crate) struct WriterPriority {
     boosts: AtomicU64,
     /// Why it stays at normal priority, or the last failed raise.
     note: Mutex<Option<String>>,
+    /// Held by a raise that calls the kernel and by `exited`, so a raise never moves a thread
+    /// id the writer no longer has. The writer does not take it at idle priority.
+    moving: Mutex<()>,
+    /// The writer thread has ended.
+    stopped: AtomicBool,
 }
 
 /// Keeps the writer at normal priority while it lives (see [`WriterPriority::hold`]).
@@ -57,8 +65,8 @@ impl Drop for Hold<'_> {
 }
 
 impl WriterPriority {
-    /// Called by the writer thread when it starts: go idle if it could come back, and keep
-    /// best-effort I/O either way (see [`sys::set_io_best_effort`]).
+    /// Called by the writer thread when it starts: go idle if it could come back, keeping
+    /// best-effort I/O (see [`sys::set_io_best_effort`]).
     pub(crate) fn lower(&self) {
         let tid = sys::gettid();
         if let Err(why) = can_come_back() {
@@ -74,14 +82,21 @@ impl WriterPriority {
 
     /// The writer thread is exiting: never move that thread id again (it may be reused).
     pub(crate) fn exited(&self) {
+        let _moving = self.moving.lock();
         self.tid.store(0, SeqCst);
+        self.stopped.store(true, SeqCst);
     }
 
     /// Raise the writer to normal priority (from any thread). `boost`: because it fell
     /// behind (counted). Two loads when it is raised already.
     pub(crate) fn raise(&self, boost: bool) {
+        if self.tid.load(SeqCst) == 0 || self.raised.load(SeqCst) || self.raised.swap(true, SeqCst)
+        {
+            return;
+        }
+        let _moving = self.moving.lock();
         let tid = self.tid.load(SeqCst);
-        if tid == 0 || self.raised.load(SeqCst) || self.raised.swap(true, SeqCst) {
+        if tid == 0 {
             return;
         }
         match sys::set_sched_idle(tid, false) {
@@ -111,25 +126,31 @@ impl WriterPriority {
     /// unless someone holds it.
     pub(crate) fn relax(&self) {
         let tid = self.tid.load(SeqCst);
-        if tid == 0 || self.holds.load(SeqCst) > 0 || !self.raised.load(SeqCst) {
+        if tid == 0 || !self.raised.load(SeqCst) || self.holds.load(SeqCst) > 0 {
             return;
         }
+        // Clear the flag first, then look for holds: a `hold` either sees the flag clear (and
+        // raises by itself) or is seen here.
         self.raised.store(false, SeqCst);
-        if sys::set_sched_idle(tid, true).is_err() {
+        if self.holds.load(SeqCst) > 0 || sys::set_sched_idle(tid, true).is_err() {
             self.raised.store(true, SeqCst);
             return;
         }
-        // A raise that saw `raised` clear may have set SCHED_OTHER before the call above
-        // undid it; its flag is visible now, so set it again.
-        if self.raised.load(SeqCst) {
+        // A raise or hold that came after the store may have set SCHED_OTHER before the call
+        // above undid it; its traces are visible now, so come back up.
+        if self.raised.load(SeqCst) || self.holds.load(SeqCst) > 0 {
+            self.raised.store(true, SeqCst);
             let _ = sys::set_sched_idle(tid, false);
         }
     }
 
-    /// Where the writer runs: `idle`, `raised` (it fell behind, a flush waits, or it is
-    /// resolving paths), `normal: why` (it could not go idle safely), or `starting`; a failed
-    /// raise is appended.
+    /// Where the writer runs: `idle`, `raised` (it fell behind, someone waits for it, or it
+    /// takes a shared lock), `normal: why` (it could not go idle safely), `starting` or
+    /// `stopped`; a failed raise is appended.
     pub(crate) fn describe(&self) -> String {
+        if self.stopped.load(SeqCst) {
+            return "stopped".into();
+        }
         let note = self.note.lock().clone();
         let state = match (self.tid.load(SeqCst), self.raised.load(SeqCst)) {
             (0, _) => return note.map_or("starting".into(), |why| format!("normal: {why}")),

@@ -20,7 +20,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc;
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -71,8 +71,8 @@ pub struct SinkStats {
     pub write_errors: u64,
     /// Rotations done.
     pub rotations: u64,
-    /// Times the idle-priority writer was raised because a ring was three quarters full
-    /// (see [`super::priority`]).
+    /// Times the idle-priority writer was raised for falling behind: a ring three quarters
+    /// full or full, or no round for two flush intervals and 100 ms (see [`super::priority`]).
     pub writer_boosts: u64,
 }
 
@@ -171,7 +171,15 @@ pub(crate) struct Shared {
     ring_words: usize,
     filter_entries: usize,
     pub(crate) counters: Counters,
-    wake: SyncSender<Cmd>,
+    /// A round is wanted (a new pid, a half-full ring, a flush's aftermath); set by the
+    /// recording threads, which then unpark the writer: no lock, unlike a channel's wake-up.
+    wake: AtomicBool,
+    /// The writer thread, once it runs (to unpark it).
+    writer_thread: OnceLock<std::thread::Thread>,
+    /// Flushes and the stop, from API and unmount threads (never from request threads).
+    pub(crate) cmds: Mutex<VecDeque<Cmd>>,
+    /// `early_procs` has entries for the writer.
+    pub(crate) early_pending: AtomicBool,
     /// Where a new pid's process is looked up on the recording thread (None: sink off).
     procs: Option<Arc<dyn ProcessResolver>>,
     /// Processes looked up by recording threads, for the writer to take.
@@ -235,7 +243,6 @@ impl std::fmt::Debug for AccessSink {
 impl AccessSink {
     /// A sink that records nothing (no file, no thread).
     pub fn off() -> Self {
-        let (tx, _rx) = mpsc::sync_channel(1);
         Self {
             shared: Arc::new(Shared {
                 id: NEXT_SINK.fetch_add(1, Ordering::Relaxed),
@@ -245,7 +252,10 @@ impl AccessSink {
                 ring_words: 0,
                 filter_entries: 0,
                 counters: Counters::default(),
-                wake: tx,
+                wake: AtomicBool::new(false),
+                writer_thread: OnceLock::new(),
+                cmds: Mutex::new(VecDeque::new()),
+                early_pending: AtomicBool::new(false),
                 procs: None,
                 early_procs: Mutex::new(HashMap::new()),
                 priority: WriterPriority::default(),
@@ -284,7 +294,6 @@ impl AccessSink {
             0
         };
         let ring_words = prev_pow2(per_slot_words - filter_entries);
-        let (tx, rx) = mpsc::sync_channel(16);
         let shared = Arc::new(Shared {
             id: NEXT_SINK.fetch_add(1, Ordering::Relaxed),
             mode: cfg.mode,
@@ -293,7 +302,10 @@ impl AccessSink {
             ring_words,
             filter_entries,
             counters: Counters::default(),
-            wake: tx,
+            wake: AtomicBool::new(false),
+            writer_thread: OnceLock::new(),
+            cmds: Mutex::new(VecDeque::new()),
+            early_pending: AtomicBool::new(false),
             procs: Some(opts.processes.clone()),
             early_procs: Mutex::new(HashMap::new()),
             priority: WriterPriority::default(),
@@ -314,7 +326,7 @@ impl AccessSink {
         let interval = cfg.flush_interval();
         let handle = std::thread::Builder::new()
             .name("accesslog".into())
-            .spawn(move || writer.run(rx, interval))
+            .spawn(move || writer.run(interval))
             .map_err(|e| Error::Thread(e.to_string()))?;
         Ok(Self { shared, writer: Mutex::new(Some(handle)), last_error, recent })
     }
@@ -356,12 +368,11 @@ impl AccessSink {
             // An idle writer would wait for busy CPUs; the flush's caller is waiting for it.
             let _hold = self.shared.priority.hold();
             let (tx, rx) = mpsc::sync_channel(1);
-            let gone = |_| Error::Thread("writer gone".into());
-            self.shared.wake.send(Cmd::Flush(tx)).map_err(gone)?;
+            self.shared.command(Cmd::Flush(tx));
             rx.recv().map_err(|_| Error::Thread("writer gone".into()))?
         };
         // The flush's round leaves the writer raised; the round after puts it back to idle.
-        let _ = self.shared.wake.try_send(Cmd::Wake);
+        self.shared.kick();
         result
     }
 
@@ -413,7 +424,7 @@ impl Drop for AccessSink {
         if let Some(h) = self.writer.lock().take() {
             // A full channel only means the writer is busy; `send` waits for room.
             self.shared.priority.hold_forever();
-            let _ = self.shared.wake.send(Cmd::Stop);
+            self.shared.command(Cmd::Stop);
             let _ = h.join();
         }
     }
@@ -609,15 +620,16 @@ impl Shared {
                     let mut early = self.early_procs.lock();
                     if early.len() < EARLY_PROCS_CAP {
                         early.insert(ev.pid, info);
+                        self.early_pending.store(true, Ordering::Release);
                     }
                 }
             }
-            let _ = self.wake.try_send(Cmd::Wake);
+            self.kick();
         }
         if used * 2 > ring.len() as u64 {
             if !slot.kicked.swap(true, Ordering::Relaxed) {
                 // Early drain when the ring is half full, once per drain.
-                let _ = self.wake.try_send(Cmd::Wake);
+                self.kick();
             } else if used * 4 > ring.len() as u64 * 3 {
                 // Woken at half full and still not drained: the idle writer is starved.
                 self.priority.raise(true);
@@ -627,6 +639,33 @@ impl Shared {
             // No round for two flush intervals: starved (its timer has not fired).
             self.priority.raise(true);
         }
+    }
+
+    /// Ask the writer for a round (lock-free: a flag, and an unpark when it was clear).
+    pub(crate) fn kick(&self) {
+        if !self.wake.swap(true, Ordering::AcqRel) {
+            if let Some(t) = self.writer_thread.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Queue a flush or the stop for the writer.
+    fn command(&self, c: Cmd) {
+        self.cmds.lock().push_back(c);
+        if let Some(t) = self.writer_thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// Called by the writer thread when it starts, before it first looks for work.
+    pub(crate) fn writer_started(&self) {
+        let _ = self.writer_thread.set(std::thread::current());
+    }
+
+    /// Take the wanted-round flag.
+    pub(crate) fn take_wake(&self) -> bool {
+        self.wake.swap(false, Ordering::AcqRel)
     }
 
     /// Whether every ring is at most a quarter full now.

@@ -7,7 +7,7 @@
 //! machine); `flush()`, rotation and shutdown also fsync.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,10 +38,9 @@ const PROC_TTL: Duration = Duration::from_secs(10);
 /// Recent events kept in memory for [`super::AccessSink::recent`].
 pub const RECENT_CAP: usize = 4096;
 
-/// Messages to the writer thread.
+/// Requests to the writer thread (rounds for new pids and half-full rings are asked for with
+/// a flag instead: [`Shared::kick`]).
 pub(crate) enum Cmd {
-    /// A ring is half full: drain now.
-    Wake,
     /// Drain, write and fsync, then answer.
     Flush(SyncSender<Result<(), Error>>),
     /// Drain, write, fsync and exit.
@@ -144,34 +143,45 @@ impl Writer {
         }
     }
 
-    pub(crate) fn run(mut self, rx: Receiver<Cmd>, interval: Duration) {
+    pub(crate) fn run(mut self, interval: Duration) {
+        self.shared.writer_started();
         // Built at normal priority: the prefetcher may be waiting for the same table.
         if let Some(p) = &self.paths {
             p.prepare();
         }
         let _exit = Exited(self.shared.clone());
+        self.shared.last_round_ns.store(self.shared.now_ns(), Ordering::Relaxed);
         self.shared.priority.lower();
         let mut next = Instant::now() + interval;
         loop {
-            match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Ok(Cmd::Wake) => {
-                    let _ = self.tick(false);
-                    self.relax();
-                }
-                Ok(Cmd::Flush(ack)) => {
+            let cmd = self.shared.cmds.lock().pop_front();
+            match cmd {
+                Some(Cmd::Flush(ack)) => {
                     let r = self.tick(true);
                     let _ = ack.send(r);
+                    continue;
                 }
-                Ok(Cmd::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                Some(Cmd::Stop) => {
                     let _ = self.tick(true);
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.tick(false);
-                    self.relax();
-                    next = Instant::now() + interval;
-                }
+                None => {}
             }
+            if self.shared.take_wake() {
+                let _ = self.tick(false);
+                self.relax();
+                continue;
+            }
+            let now = Instant::now();
+            if now >= next {
+                let _ = self.tick(false);
+                self.relax();
+                next = Instant::now() + interval;
+                continue;
+            }
+            // A kick or a command unparks it; a kick that came since the checks above makes
+            // this return at once.
+            std::thread::park_timeout(next - now);
         }
     }
 
@@ -229,6 +239,11 @@ impl Writer {
         }
         self.batch = batch;
         self.publish_recent();
+        if self.log.pending() > 0 || sync {
+            // A write holds filesystem locks (a journal handle for the mtime); never at idle
+            // priority, where a preemption would hold up other writers' commits and fsyncs.
+            self.shared.priority.raise(false);
+        }
         let mut result = match self.log.commit() {
             Ok(n) => {
                 let c = &self.shared.counters;
@@ -253,6 +268,7 @@ impl Writer {
             }
         }
         if self.log.wants_rotation() {
+            self.shared.priority.raise(false);
             match self.log.rotate() {
                 Ok(()) => {
                     self.shared.counters.rotations.fetch_add(1, Ordering::Relaxed);
@@ -302,8 +318,12 @@ impl Writer {
     /// Move the processes the recording threads looked up into this thread's map (bounded:
     /// entries whose events were dropped are never taken, so it is cleared when full).
     fn take_early_procs(&mut self) {
-        // Swapped out under the lock, merged outside it: a recording thread with a new pid
-        // never waits for this (idle-priority) thread to merge.
+        if !self.shared.early_pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        // The recording threads take this lock: never hold it at idle priority (relaxed after
+        // the round). Swapped out under the lock, merged outside it.
+        self.shared.priority.raise(false);
         let taken = std::mem::take(&mut *self.shared.early_procs.lock());
         if taken.is_empty() {
             return;
