@@ -556,6 +556,32 @@ fn a_writer_without_a_round_for_two_intervals_is_raised() {
 }
 
 #[test]
+fn a_flush_after_the_writer_died_fails_instead_of_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, Mode::Full);
+    // A resolver with a bug: the writer thread panics on its first path.
+    let buggy = |_layer: u32, inode: u64| -> Option<Vec<u8>> { panic!("no path for {inode}") };
+    let opts = SinkOptions::new(cfg).paths(Arc::new(buggy)).processes(Arc::new(Names));
+    let sink = Arc::new(AccessSink::start(opts).unwrap());
+    sink.record(Event::new(Op::Open, 7, 500, 0)); // a new pid wakes the writer
+    let t0 = Instant::now();
+    while sink.writer_priority() != "stopped" {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", sink.writer_priority());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (tx, rx) = mpsc::channel();
+    let s = sink.clone();
+    std::thread::spawn(move || tx.send(s.flush().map_err(|e| e.to_string())));
+    let r = rx.recv_timeout(Duration::from_secs(10)).expect("flush waited for a dead writer");
+    assert_eq!(r, Err("access log writer thread: writer gone".to_string()));
+    // Recording goes on without blocking (events stay in the ring, then are dropped).
+    for i in 0..100_000 {
+        sink.record(Event::new(Op::Read, 7, 500, 0).with_range(i, 1));
+    }
+    assert!(sink.stats().dropped > 0);
+}
+
+#[test]
 fn rotation_keeps_the_session_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dir, Mode::Full);

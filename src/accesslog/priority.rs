@@ -48,8 +48,9 @@ pub(crate) struct WriterPriority {
     boosts: AtomicU64,
     /// Why it stays at normal priority, or the last failed raise.
     note: Mutex<Option<String>>,
-    /// Held by a raise that calls the kernel and by `exited`, so a raise never moves a thread
-    /// id the writer no longer has. The writer does not take it at idle priority.
+    /// Held by another thread's raise while it calls the kernel and by `exited`, so a raise
+    /// never moves a thread id the writer no longer has. The writer raises itself without it
+    /// ([`WriterPriority::raise_self`]); it takes it only to exit.
     moving: Mutex<()>,
     /// The writer thread has ended.
     stopped: AtomicBool,
@@ -110,6 +111,24 @@ impl WriterPriority {
         }
     }
 
+    /// The writer raises itself (before a lock the requests take): always with its own call,
+    /// since another thread's raise may have set the flag and not yet called the kernel.
+    /// Returns whether it runs at normal priority now.
+    pub(crate) fn raise_self(&self) -> bool {
+        let tid = self.tid.load(SeqCst);
+        if tid == 0 {
+            return false;
+        }
+        self.raised.store(true, SeqCst);
+        match sys::set_sched_idle(tid, false) {
+            Ok(()) => true,
+            Err(e) => {
+                *self.note.lock() = Some(format!("raising it failed: {e}"));
+                false
+            }
+        }
+    }
+
     /// Keep the writer at normal priority until the guard drops (a flush waits for it).
     pub(crate) fn hold(&self) -> Hold<'_> {
         self.holds.fetch_add(1, SeqCst);
@@ -123,25 +142,32 @@ impl WriterPriority {
     }
 
     /// Called by the writer between rounds, when its rings are nearly empty: back to idle
-    /// unless someone holds it.
-    pub(crate) fn relax(&self) {
+    /// unless someone holds it. Returns whether it is idle now.
+    pub(crate) fn relax(&self) -> bool {
         let tid = self.tid.load(SeqCst);
-        if tid == 0 || !self.raised.load(SeqCst) || self.holds.load(SeqCst) > 0 {
-            return;
+        if tid == 0 || self.holds.load(SeqCst) > 0 {
+            return false;
+        }
+        if !self.raised.load(SeqCst) {
+            return true;
         }
         // Clear the flag first, then look for holds: a `hold` either sees the flag clear (and
         // raises by itself) or is seen here.
         self.raised.store(false, SeqCst);
         if self.holds.load(SeqCst) > 0 || sys::set_sched_idle(tid, true).is_err() {
             self.raised.store(true, SeqCst);
-            return;
+            return false;
         }
         // A raise or hold that came after the store may have set SCHED_OTHER before the call
         // above undid it; its traces are visible now, so come back up.
         if self.raised.load(SeqCst) || self.holds.load(SeqCst) > 0 {
             self.raised.store(true, SeqCst);
-            let _ = sys::set_sched_idle(tid, false);
+            if let Err(e) = sys::set_sched_idle(tid, false) {
+                *self.note.lock() = Some(format!("raising it failed: {e}"));
+            }
+            return false;
         }
+        true
     }
 
     /// Where the writer runs: `idle`, `raised` (it fell behind, someone waits for it, or it

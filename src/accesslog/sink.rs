@@ -177,7 +177,7 @@ pub(crate) struct Shared {
     /// The writer thread, once it runs (to unpark it).
     writer_thread: OnceLock<std::thread::Thread>,
     /// Flushes and the stop, from API and unmount threads (never from request threads).
-    pub(crate) cmds: Mutex<VecDeque<Cmd>>,
+    pub(crate) cmds: Mutex<Commands>,
     /// `early_procs` has entries for the writer.
     pub(crate) early_pending: AtomicBool,
     /// Where a new pid's process is looked up on the recording thread (None: sink off).
@@ -190,6 +190,14 @@ pub(crate) struct Shared {
     pub(crate) last_round_ns: AtomicU64,
     /// A round beginning longer ago than this means the writer is starved.
     overdue_ns: u64,
+}
+
+/// The writer's command queue.
+#[derive(Default)]
+pub(crate) struct Commands {
+    pub(crate) queue: VecDeque<Cmd>,
+    /// The writer has ended.
+    closed: bool,
 }
 
 /// Most processes held for the writer between two drains.
@@ -254,7 +262,7 @@ impl AccessSink {
                 counters: Counters::default(),
                 wake: AtomicBool::new(false),
                 writer_thread: OnceLock::new(),
-                cmds: Mutex::new(VecDeque::new()),
+                cmds: Mutex::new(Commands::default()),
                 early_pending: AtomicBool::new(false),
                 procs: None,
                 early_procs: Mutex::new(HashMap::new()),
@@ -304,7 +312,7 @@ impl AccessSink {
             counters: Counters::default(),
             wake: AtomicBool::new(false),
             writer_thread: OnceLock::new(),
-            cmds: Mutex::new(VecDeque::new()),
+            cmds: Mutex::new(Commands::default()),
             early_pending: AtomicBool::new(false),
             procs: Some(opts.processes.clone()),
             early_procs: Mutex::new(HashMap::new()),
@@ -368,8 +376,12 @@ impl AccessSink {
             // An idle writer would wait for busy CPUs; the flush's caller is waiting for it.
             let _hold = self.shared.priority.hold();
             let (tx, rx) = mpsc::sync_channel(1);
-            self.shared.command(Cmd::Flush(tx));
-            rx.recv().map_err(|_| Error::Thread("writer gone".into()))?
+            let gone = || Error::Thread("writer gone".into());
+            if !self.shared.command(Cmd::Flush(tx)) {
+                return Err(gone());
+            }
+            // A writer that ends drops the queued flushes, and with them `tx`.
+            rx.recv().map_err(|_| gone())?
         };
         // The flush's round leaves the writer raised; the round after puts it back to idle.
         self.shared.kick();
@@ -422,7 +434,6 @@ impl AccessSink {
 impl Drop for AccessSink {
     fn drop(&mut self) {
         if let Some(h) = self.writer.lock().take() {
-            // A full channel only means the writer is busy; `send` waits for room.
             self.shared.priority.hold_forever();
             self.shared.command(Cmd::Stop);
             let _ = h.join();
@@ -596,6 +607,25 @@ impl Shared {
             bump(&slot.deduped);
             return;
         }
+        // A pid this thread has not seen lately: look its process up now, while it surely
+        // runs (it is waiting for this request's reply), and hand it to the writer before the
+        // event is published (so the round that takes the event finds the process). Once per
+        // new pid and thread; a short-lived process would be gone by the writer's turn.
+        let p = &slot.pids[ev.pid as usize % PID_ENTRIES];
+        let new_pid = p.load(Ordering::Relaxed) != ev.pid;
+        if new_pid {
+            p.store(ev.pid, Ordering::Relaxed);
+            if let Some(procs) = &self.procs {
+                let info = procs.process(ev.pid);
+                if !info.name.is_empty() {
+                    let mut early = self.early_procs.lock();
+                    if early.len() < EARLY_PROCS_CAP {
+                        early.insert(ev.pid, info);
+                        self.early_pending.store(true, Ordering::Release);
+                    }
+                }
+            }
+        }
         // Stamped only now: a deduped event needs no clock read.
         let ts = self.now_ns();
         let Some(used) = encode(slot, ring, ev, ts) else {
@@ -608,22 +638,7 @@ impl Shared {
         if first_touch {
             remember(filter, ev, key);
         }
-        // A pid this thread has not seen lately: look its process up now, while it surely
-        // runs (it is waiting for this request's reply), and hand it to the writer. Once per
-        // new pid and thread; a short-lived process would be gone by the writer's turn.
-        let p = &slot.pids[ev.pid as usize % PID_ENTRIES];
-        if p.load(Ordering::Relaxed) != ev.pid {
-            p.store(ev.pid, Ordering::Relaxed);
-            if let Some(procs) = &self.procs {
-                let info = procs.process(ev.pid);
-                if !info.name.is_empty() {
-                    let mut early = self.early_procs.lock();
-                    if early.len() < EARLY_PROCS_CAP {
-                        early.insert(ev.pid, info);
-                        self.early_pending.store(true, Ordering::Release);
-                    }
-                }
-            }
+        if new_pid {
             self.kick();
         }
         if used * 2 > ring.len() as u64 {
@@ -650,12 +665,27 @@ impl Shared {
         }
     }
 
-    /// Queue a flush or the stop for the writer.
-    fn command(&self, c: Cmd) {
-        self.cmds.lock().push_back(c);
+    /// Queue a flush or the stop for the writer; false if the writer has ended.
+    fn command(&self, c: Cmd) -> bool {
+        {
+            let mut q = self.cmds.lock();
+            if q.closed {
+                return false;
+            }
+            q.queue.push_back(c);
+        }
         if let Some(t) = self.writer_thread.get() {
             t.unpark();
         }
+        true
+    }
+
+    /// The writer thread is ending (however it ends): refuse commands from now on and drop
+    /// the queued ones, so their callers get "writer gone" instead of waiting for ever.
+    pub(crate) fn writer_ended(&self) {
+        let mut q = self.cmds.lock();
+        q.closed = true;
+        q.queue.clear();
     }
 
     /// Called by the writer thread when it starts, before it first looks for work.

@@ -69,12 +69,14 @@ impl Recent {
     }
 }
 
-/// Marks the writer gone when its thread ends, however it ends.
+/// Marks the writer gone when its thread ends, however it ends (a panic included): its thread
+/// id is not moved again, and waiting and later flushes get "writer gone".
 struct Exited(Arc<Shared>);
 
 impl Drop for Exited {
     fn drop(&mut self) {
         self.0.priority.exited();
+        self.0.writer_ended();
     }
 }
 
@@ -109,6 +111,8 @@ pub(crate) struct Writer {
     now: Instant,
     /// This round's written events, for the recent-events view.
     fresh: Vec<Recent>,
+    /// This thread raised itself since it was last idle ([`Writer::raise_self`]).
+    self_raised: bool,
     recent: Arc<Mutex<VecDeque<Recent>>>,
 }
 
@@ -139,22 +143,23 @@ impl Writer {
             reported_drops: 0,
             now: Instant::now(),
             fresh: Vec::new(),
+            self_raised: false,
             recent,
         }
     }
 
     pub(crate) fn run(mut self, interval: Duration) {
+        let _exit = Exited(self.shared.clone());
         self.shared.writer_started();
         // Built at normal priority: the prefetcher may be waiting for the same table.
         if let Some(p) = &self.paths {
             p.prepare();
         }
-        let _exit = Exited(self.shared.clone());
         self.shared.last_round_ns.store(self.shared.now_ns(), Ordering::Relaxed);
         self.shared.priority.lower();
         let mut next = Instant::now() + interval;
         loop {
-            let cmd = self.shared.cmds.lock().pop_front();
+            let cmd = self.shared.cmds.lock().queue.pop_front();
             match cmd {
                 Some(Cmd::Flush(ack)) => {
                     let r = self.tick(true);
@@ -187,9 +192,18 @@ impl Writer {
 
     /// Back to idle priority if it was raised and the rings are nearly empty (not after a
     /// flush's round: the next round decides).
-    fn relax(&self) {
-        if self.shared.quiet() {
-            self.shared.priority.relax();
+    fn relax(&mut self) {
+        if self.shared.quiet() && self.shared.priority.relax() {
+            self.self_raised = false;
+        }
+    }
+
+    /// Run at normal priority from here to the round's end (before a lock the requests
+    /// take). The writer makes the call itself once per raised stretch, whatever another
+    /// thread's raise is doing, so it never meets that lock at idle priority.
+    fn raise_self(&mut self) {
+        if !self.self_raised {
+            self.self_raised = self.shared.priority.raise_self();
         }
     }
 
@@ -242,7 +256,7 @@ impl Writer {
         if self.log.pending() > 0 || sync {
             // A write holds filesystem locks (a journal handle for the mtime); never at idle
             // priority, where a preemption would hold up other writers' commits and fsyncs.
-            self.shared.priority.raise(false);
+            self.raise_self();
         }
         let mut result = match self.log.commit() {
             Ok(n) => {
@@ -268,7 +282,7 @@ impl Writer {
             }
         }
         if self.log.wants_rotation() {
-            self.shared.priority.raise(false);
+            self.raise_self();
             match self.log.rotate() {
                 Ok(()) => {
                     self.shared.counters.rotations.fetch_add(1, Ordering::Relaxed);
@@ -318,13 +332,17 @@ impl Writer {
     /// Move the processes the recording threads looked up into this thread's map (bounded:
     /// entries whose events were dropped are never taken, so it is cleared when full).
     fn take_early_procs(&mut self) {
-        if !self.shared.early_pending.swap(false, Ordering::AcqRel) {
+        if !self.shared.early_pending.load(Ordering::Acquire) {
             return;
         }
         // The recording threads take this lock: never hold it at idle priority (relaxed after
-        // the round). Swapped out under the lock, merged outside it.
-        self.shared.priority.raise(false);
-        let taken = std::mem::take(&mut *self.shared.early_procs.lock());
+        // the round). Swapped out under the lock (the flag with it), merged outside it.
+        self.raise_self();
+        let taken = {
+            let mut m = self.shared.early_procs.lock();
+            self.shared.early_pending.store(false, Ordering::Release);
+            std::mem::take(&mut *m)
+        };
         if taken.is_empty() {
             return;
         }
@@ -478,10 +496,10 @@ impl Writer {
 
     /// Ask the resolver for `k`'s path and remember it (`emitted`: the file gets it now).
     fn resolve(&mut self, k: Key, emitted: bool) -> Option<Arc<[u8]>> {
-        let paths = self.paths.as_ref()?;
+        let paths = self.paths.clone()?;
         if paths.shares_locks() {
             // Never hold a lock the requests need at idle priority (relaxed after the round).
-            self.shared.priority.raise(false);
+            self.raise_self();
         }
         let p: Arc<[u8]> = paths.path(k.0, k.1)?.into();
         self.bound_known();
