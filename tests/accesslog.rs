@@ -378,7 +378,7 @@ impl Drop for OpenOnDrop {
 
 impl PathResolver for Gate {
     fn path(&self, _layer: u32, inode: u64) -> Option<Vec<u8>> {
-        let me = thread_id();
+        let me = strata::sys::gettid() as u32;
         let mut g = self.lock();
         g.calls.push((inode, policy(me)));
         self.cv.notify_all();
@@ -389,18 +389,13 @@ impl PathResolver for Gate {
     }
 
     fn prepare(&self) {
-        self.lock().writer = Some(thread_id());
+        self.lock().writer = Some(strata::sys::gettid() as u32);
         self.cv.notify_all();
     }
 
     fn shares_locks(&self) -> bool {
         self.locks.load(std::sync::atomic::Ordering::SeqCst)
     }
-}
-
-fn thread_id() -> u32 {
-    let me = std::fs::read_link("/proc/thread-self").unwrap();
-    me.file_name().unwrap().to_str().unwrap().parse().unwrap()
 }
 
 /// The test's own thread `tid`'s scheduling policy.

@@ -172,16 +172,14 @@ impl Writer {
                 }
                 None => {}
             }
-            if self.shared.take_wake() {
-                let _ = self.tick(false);
-                self.relax();
-                continue;
-            }
             let now = Instant::now();
-            if now >= next {
+            let due = now >= next;
+            if self.shared.take_wake() || due {
                 let _ = self.tick(false);
                 self.relax();
-                next = Instant::now() + interval;
+                if due {
+                    next = Instant::now() + interval;
+                }
                 continue;
             }
             // A kick or a command unparks it; a kick that came since the checks above makes
